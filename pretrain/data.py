@@ -1,0 +1,369 @@
+"""WebDataset input pipeline: shard lists, deterministic endless training streams, exact evaluation passes.
+
+Built from webdataset's parts (tar iteration, key grouping, URL opening) with our own shard sampler,
+because webdataset 1.0.2's ``resampled=True`` seeds itself from pid and time. Everything random is a
+pure function of ``(seed, epoch, rank, worker)`` and of the position in the stream, so a resumed run
+reads exactly the batches an uninterrupted run would have read.
+
+Shard assignment: the shard list is permuted once with ``seed`` and dealt to the ``world x workers``
+reader slots, so ranks and workers read disjoint shard subsets; each slot cycles through its subset
+in an order reshuffled every cycle. Batches are formed inside each worker and the DataLoader takes
+them round-robin, so batch ``i`` of an epoch comes from worker ``i % workers``.
+
+The loader is never passed to ``accelerator.prepare()`` (that silently drops half the data with
+``split_by_node``); batches are moved to the device by the trainer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+from braceexpand import braceexpand
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.gopen import gopen
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .features import FeatureConfig, Normalization, fbank, normalize, pad_or_crop
+from .patches import samples_for_frames
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A shard specification that cannot be used; the message names it."""
+
+
+@dataclass
+class ShardSet:
+    """Resolved shard URLs and what their ``index.json`` says (when there is one)."""
+
+    urls: list[str]
+    num_samples: int | None = None
+    vocabulary: list[str] | None = None
+    index: dict[str, Any] | None = None
+    source: str = ""
+
+
+def _index_urls(index_path: Path) -> ShardSet:
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{index_path}: cannot read the shard index ({e})") from e
+    if "shards" not in index:
+        sets = index.get("splits") or index.get("sets")
+        raise DataError(
+            f"{index_path}: this index lists shard sets, not shards"
+            + (f"; use one of: {', '.join(sorted(sets))}" if isinstance(sets, dict) else "")
+        )
+    base = index_path.parent
+    urls = []
+    for entry in index["shards"]:
+        name = entry["name"] if isinstance(entry, dict) else str(entry)
+        urls.append(name if "://" in name else str(base / name))
+    return ShardSet(
+        urls=urls,
+        num_samples=index.get("num_samples"),
+        vocabulary=index.get("vocabulary"),
+        index=index,
+        source=str(index_path),
+    )
+
+
+def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
+    """Resolve an ``index.json``, a directory holding one, a brace pattern, or a list of paths/URLs."""
+    if not spec:
+        raise DataError("no shards given (data.train is empty)")
+    if isinstance(spec, str) and "://" not in spec and not spec.startswith("pipe:"):
+        p = Path(spec)
+        if p.is_dir():
+            if not (p / "index.json").is_file():
+                raise DataError(f"{p}: directory has no index.json (give a brace pattern or a list of shards)")
+            return _index_urls(p / "index.json")
+        if p.suffix == ".json":
+            if not p.is_file():
+                raise DataError(f"shard index {p} not found")
+            return _index_urls(p)
+    items = spec if isinstance(spec, list) else [s for s in spec.split(",") if s.strip()]
+    urls: list[str] = []
+    for item in items:
+        urls.extend(braceexpand(item.strip()))
+    for u in urls:
+        if u.startswith("pipe:") and not allow_pipe:
+            raise DataError(f"refusing shard URL {u!r}: pipe: URLs run shell commands; set data.allow_pipe = true")
+        if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file():
+            raise DataError(f"shard {u} not found")
+    if not urls:
+        raise DataError(f"no shards match {spec!r}")
+    return ShardSet(urls=urls, source=str(spec))
+
+
+def _open_url(url: str):
+    if url.startswith("file:"):
+        url = url[len("file:") :]
+    return gopen(url, "rb")
+
+
+def _seed(*parts: int) -> int:
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+def slot_shards(urls: list[str], seed: int, slot: int, num_slots: int) -> list[str]:
+    """The shards a reader slot (rank * workers + worker) owns: disjoint when there are enough shards."""
+    order = list(urls)
+    random.Random(_seed(seed, -1)).shuffle(order)
+    if len(order) >= num_slots:
+        return order[slot::num_slots]
+    return [order[slot % len(order)]]
+
+
+@dataclass
+class SampleCounters:
+    """Per-worker counts carried in each batch (for resume and for the skipped-sample report)."""
+
+    raw: int = 0  # raw samples taken from the shuffle buffer in this epoch
+    corrupt: int = 0
+    corrupt_keys: list[str] = field(default_factory=list)
+
+
+def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Audio and metadata of a raw tar sample; raises on anything corrupt."""
+    audio_key = next((k for k in ("flac", "wav", "ogg", "mp3") if k in sample), None)
+    if audio_key is None:
+        raise ValueError("no audio member")
+    wave, sr = sf.read(io.BytesIO(sample[audio_key]), dtype="float32", always_2d=True)
+    if sr != 16000:
+        raise ValueError(f"sample rate {sr}, expected 16000")
+    wave = wave.mean(axis=1)
+    if wave.size == 0 or not np.isfinite(wave).all():
+        raise ValueError("empty or non-finite audio")
+    meta = json.loads(sample["json"]) if "json" in sample else {}
+    return wave, meta
+
+
+class ShardStream(IterableDataset):
+    """Batches of waveforms (and optionally fbanks) from WebDataset shards.
+
+    ``mode="train"``: endless, shuffled, random crops; every (rank, worker) slot reads its own shards.
+    ``mode="eval"``: each sample exactly once, no shuffle, crops from the start.
+    """
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        batch_size: int,
+        target_frames: int,
+        mode: str = "train",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        features: FeatureConfig | None = None,
+        normalization: Normalization | None = None,
+        compute_features: bool = True,
+        vocabulary: list[str] | None = None,
+        drop_last: bool = True,
+    ):
+        super().__init__()
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be 'train' or 'eval', not {mode!r}")
+        self.shards, self.mode = shards, mode
+        self.batch_size, self.target_frames = batch_size, target_frames
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.loader_workers = num_workers  # 0 = read in the main process
+        self.num_workers = max(num_workers, 1)  # logical reader slots per rank
+        self.shuffle_buffer = shuffle_buffer if mode == "train" else 0
+        self.features = features or FeatureConfig()
+        self.normalization = normalization or Normalization()
+        self.compute_features = compute_features
+        self.vocabulary = vocabulary
+        self.label_index = {lab: i for i, lab in enumerate(vocabulary)} if vocabulary else None
+        self.drop_last = drop_last and mode == "train"
+        self.max_samples = samples_for_frames(target_frames, self.features.frame_length, self.features.frame_shift)
+        self.epoch = 0
+        # Resume: batch index within the epoch and each logical worker's raw-sample count at that point.
+        self.start_batch = 0
+        self.skip_raw: dict[int, int] = {}
+        if mode == "eval" and len(shards.urls) < world_size * self.num_workers:
+            raise DataError(
+                f"{shards.source}: {len(shards.urls)} shard(s) cannot be read exactly once by "
+                f"{world_size} rank(s) x {self.num_workers} worker(s); use fewer workers or more shards"
+            )
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, skip_raw: dict[int, int] | None = None) -> None:
+        self.epoch, self.start_batch, self.skip_raw = epoch, start_batch, dict(skip_raw or {})
+
+    # ----- raw samples -----
+    def _shard_order(self, worker: int, cycle: int) -> list[str]:
+        slot = self.rank * self.num_workers + worker
+        num_slots = self.world_size * self.num_workers
+        if self.mode == "eval":
+            return self.shards.urls[slot::num_slots]
+        mine = slot_shards(self.shards.urls, self.seed, slot, num_slots)
+        random.Random(_seed(self.seed, self.epoch, self.rank, worker, cycle)).shuffle(mine)
+        return mine
+
+    def _raw_samples(self, worker: int, counters: SampleCounters) -> Iterator[dict[str, Any]]:
+        cycle = 0
+        while True:
+            for url in self._shard_order(worker, cycle):
+                try:
+                    stream = _open_url(url)
+                except OSError as e:
+                    counters.corrupt += 1
+                    counters.corrupt_keys.append(f"{url}: {e}")
+                    continue
+                with stream:
+                    files = tar_file_iterator(_tarfile(stream), handler=_count_error(counters, url))
+                    yield from group_by_keys(files, handler=_count_error(counters, url))
+            if self.mode == "eval":
+                return
+            cycle += 1
+
+    def _shuffled(self, worker: int, counters: SampleCounters) -> Iterator[dict[str, Any]]:
+        src = self._raw_samples(worker, counters)
+        if not self.shuffle_buffer:
+            yield from src
+            return
+        rng = random.Random(_seed(self.seed, self.epoch, self.rank, worker, -2))
+        buf: list[dict[str, Any]] = []
+        for s in src:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(s)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], s = s, buf[i]
+            yield s
+        rng.shuffle(buf)
+        yield from buf
+
+    # ----- decoded clips -----
+    def _crop(self, wave: np.ndarray, worker: int, raw_index: int) -> np.ndarray:
+        if self.features.subtract_clip_mean:
+            wave = wave - wave.mean()
+        if wave.size <= self.max_samples:
+            return wave
+        hop = self.features.frame_shift
+        steps = (wave.size - self.max_samples) // hop
+        if self.mode == "train":
+            start = int(np.random.default_rng([self.seed, self.epoch, self.rank, worker, raw_index]).integers(0, steps + 1))
+        else:
+            start = 0
+        return wave[start * hop : start * hop + self.max_samples]
+
+    def _labels(self, meta: dict[str, Any]) -> torch.Tensor | None:
+        if self.label_index is None:
+            return None
+        y = torch.zeros(len(self.label_index))
+        for lab in meta.get("labels") or []:
+            if lab not in self.label_index:
+                raise DataError(f"label {lab!r} of sample {meta.get('source')} is not in the model's vocabulary")
+            y[self.label_index[lab]] = 1.0
+        return y
+
+    def _collate(self, clips: list[tuple[str, np.ndarray, dict, torch.Tensor | None]], worker: int,
+                 counters: SampleCounters) -> dict[str, Any]:
+        lengths = torch.tensor([c[1].size for c in clips])
+        waves = torch.zeros(len(clips), self.max_samples)
+        for i, (_, w, _, _) in enumerate(clips):
+            waves[i, : w.size] = torch.from_numpy(w)
+        batch: dict[str, Any] = {
+            "keys": [c[0] for c in clips],
+            "meta": [c[2] for c in clips],
+            "lengths": lengths,
+            "seconds": float(lengths.sum()) / self.features.sample_rate,
+            "worker": worker,
+            "raw": counters.raw,
+            "corrupt": counters.corrupt,
+            "corrupt_keys": list(counters.corrupt_keys),
+        }
+        counters.corrupt_keys.clear()
+        if self.label_index is not None:
+            batch["labels"] = torch.stack([c[3] for c in clips])
+        if self.compute_features:
+            batch["fbank"], batch["num_frames"] = self.featurize(waves, lengths)
+        else:
+            batch["waves"] = waves
+        return batch
+
+    def featurize(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized fbank padded to ``target_frames`` and the real frame counts."""
+        feats, frames = fbank(waves, lengths, self.features)
+        feats, frames = pad_or_crop(feats, frames, self.target_frames, crop="start")
+        return normalize(feats, self.normalization), frames
+
+    def _worker(self) -> tuple[int, int]:
+        info = get_worker_info()
+        physical, count = (info.id, info.num_workers) if info is not None else (0, 1)
+        if count != self.num_workers:
+            raise DataError(f"ShardStream built for {self.num_workers} worker(s) but run with {count}")
+        # After a resume at batch k, physical worker w plays logical worker (w + k) % W so the
+        # round-robin order of batches continues where it stopped.
+        return physical, (physical + self.start_batch) % self.num_workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if get_worker_info() is not None:
+            torch.set_num_threads(1)
+        _, worker = self._worker()
+        counters = SampleCounters()
+        skip = self.skip_raw.get(worker, 0)
+        clips: list = []
+        for sample in self._shuffled(worker, counters):
+            counters.raw += 1
+            if counters.raw <= skip:
+                continue
+            key = sample.get("__key__", "?")
+            try:
+                wave, meta = decode_sample(sample)
+                labels = self._labels(meta)
+            except DataError:
+                raise
+            except Exception as e:  # corrupt samples are skipped and counted, never fatal
+                counters.corrupt += 1
+                counters.corrupt_keys.append(f"{sample.get('__url__', '?')}:{key}: {e}")
+                continue
+            clips.append((key, self._crop(wave, worker, counters.raw), meta, labels))
+            if len(clips) == self.batch_size:
+                yield self._collate(clips, worker, counters)
+                clips = []
+        if clips and not self.drop_last:
+            yield self._collate(clips, worker, counters)
+
+
+def _tarfile(stream):
+    import tarfile
+
+    return tarfile.open(fileobj=stream, mode="r|*")
+
+
+def _count_error(counters: SampleCounters, url: str):
+    def handler(exn: Exception) -> bool:
+        counters.corrupt += 1
+        counters.corrupt_keys.append(f"{url}: {exn}")
+        log.warning("skipping unreadable data in %s: %s", url, exn)
+        return True
+
+    return handler
+
+
+def make_loader(stream: ShardStream) -> DataLoader:
+    """A DataLoader over a :class:`ShardStream` (batches are formed inside the workers)."""
+    workers = stream.loader_workers
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=False,
+        prefetch_factor=2 if workers else None,
+    )
