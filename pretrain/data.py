@@ -275,7 +275,7 @@ class ShardStream(IterableDataset):
     def _collate(self, clips: list[tuple[str, np.ndarray, dict, torch.Tensor | None]], worker: int,
                  counters: SampleCounters) -> dict[str, Any]:
         lengths = torch.tensor([c[1].size for c in clips])
-        waves = torch.zeros(len(clips), self.max_samples)
+        waves = torch.zeros(len(clips), int(lengths.max()))
         for i, (_, w, _, _) in enumerate(clips):
             waves[i, : w.size] = torch.from_numpy(w)
         batch: dict[str, Any] = {
