@@ -181,7 +181,7 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _build(cls: type, data: dict[str, Any], where: str, choices: dict | None = None) -> Any:
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -192,13 +192,13 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise RecipeError(f"{where}{key}: expected a table [{key}], got {value!r}")
-            kwargs[key] = _build(tp, value, f"{where}{key}.")
+            kwargs[key] = _build(tp, value, f"{where}{key}.", choices)
         else:
             kwargs[key] = _check_type(value, tp, f"{where}{key}")
     obj = cls(**kwargs)
     section = where.rstrip(".")
     for f in dataclasses.fields(cls):
-        allowed = CHOICES.get((section, f.name))
+        allowed = (CHOICES if choices is None else choices).get((section, f.name))
         if allowed and getattr(obj, f.name) not in allowed:
             raise RecipeError(f"{where}{f.name}: {getattr(obj, f.name)!r} is not one of {', '.join(allowed)}")
     return obj
@@ -230,13 +230,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Recipe:
+def recipe_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, cls: type = Recipe, choices: dict | None = None
+) -> Any:
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
-    return _build(Recipe, data, "")
+    return _build(cls, data, "", choices)
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load and validate a TOML recipe (``None`` = all defaults), then apply ``--set`` overrides."""
+def load_recipe(
+    path: str | Path | None, overrides: list[str] | None = None, cls: type = Recipe, choices: dict | None = None
+) -> Any:
+    """Load and validate a TOML recipe (``None`` = all defaults), then apply ``--set`` overrides.
+
+    ``cls``/``choices``: another recipe dataclass and its allowed values (the fine-tuning recipe)."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -247,7 +253,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         except tomllib.TOMLDecodeError as e:
             raise RecipeError(f"recipe {path}: invalid TOML ({e})") from e
     try:
-        return recipe_from_dict(data, overrides)
+        return recipe_from_dict(data, overrides, cls, choices)
     except RecipeError as e:
         where = f"recipe {path}: " if path else ""
         raise RecipeError(f"{where}{e}") from None

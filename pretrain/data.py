@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ class ShardStream(IterableDataset):
         compute_features: bool = True,
         vocabulary: list[str] | None = None,
         drop_last: bool = True,
+        sample_weight: Callable[[dict[str, Any]], float] | None = None,
     ):
         super().__init__()
         if mode not in ("train", "eval"):
@@ -190,6 +191,8 @@ class ShardStream(IterableDataset):
         self.vocabulary = vocabulary
         self.label_index = {lab: i for i, lab in enumerate(vocabulary)} if vocabulary else None
         self.drop_last = drop_last and mode == "train"
+        # Keep a sample with this probability (0 drops it: fold filters; <1: balanced sampling).
+        self.sample_weight = sample_weight
         self.max_samples = samples_for_frames(target_frames, self.features.frame_length, self.features.frame_shift)
         self.epoch = 0
         # Resume: batch index within the epoch and each logical worker's raw-sample count at that point.
@@ -262,6 +265,18 @@ class ShardStream(IterableDataset):
             start = 0
         return wave[start * hop : start * hop + self.max_samples]
 
+    def _keep(self, sample: dict[str, Any], worker: int, raw_index: int) -> bool:
+        try:
+            w = self.sample_weight(json.loads(sample.get("json", b"{}")))
+        except (ValueError, TypeError):
+            return True  # let decoding report the corrupt sample
+        if w >= 1.0:
+            return True
+        if w <= 0.0:
+            return False
+        u = np.random.default_rng([self.seed, self.epoch, self.rank, worker, raw_index, 1]).random()
+        return bool(u < w)
+
     def _labels(self, meta: dict[str, Any]) -> torch.Tensor | None:
         if self.label_index is None:
             return None
@@ -324,6 +339,8 @@ class ShardStream(IterableDataset):
             if counters.raw <= skip:
                 continue
             key = sample.get("__key__", "?")
+            if self.sample_weight is not None and not self._keep(sample, worker, counters.raw):
+                continue
             try:
                 wave, meta = decode_sample(sample)
                 labels = self._labels(meta)

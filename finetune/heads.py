@@ -1,0 +1,120 @@
+"""Task model: a pretrained Encoder + pooling + LayerNorm/Linear head, and its export format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pretrain.encoder import (
+    WEIGHTS_NAME,
+    Encoder,
+    EncoderConfig,
+    ExportError,
+    load_state_strict,
+    read_export,
+    write_export,
+)
+from pretrain.patches import valid_patches
+
+
+class Classifier(nn.Module):
+    """``Encoder`` -> pooled features -> ``LayerNorm + Linear`` (SSAST's mlp_head)."""
+
+    def __init__(self, encoder: Encoder, labels: list[str], pooling: str = "mean", kind: str = "single_label",
+                 dropout: float = 0.0, linear_probe: bool = False):
+        super().__init__()
+        if pooling == "cls" and encoder.num_cls == 0:
+            raise ValueError(f"pooling 'cls' needs a backbone with cls tokens; {encoder.config.backbone} has none")
+        self.encoder, self.labels, self.pooling, self.kind = encoder, list(labels), pooling, kind
+        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Dropout(dropout), nn.Linear(encoder.dim, len(labels)))
+        self.linear_probe = linear_probe
+        if linear_probe:
+            encoder.requires_grad_(False)
+            encoder.eval()
+
+    def train(self, mode: bool = True) -> Classifier:
+        super().train(mode)
+        if self.linear_probe:  # a frozen encoder stays in eval mode: BN statistics and dropout untouched
+            self.encoder.eval()
+        return self
+
+    def pool(self, out, num_frames: torch.Tensor | None) -> torch.Tensor:
+        """Mean over real (non-padding) patch tokens, or the mean of the cls outputs."""
+        if self.pooling == "cls":
+            return out.cls.mean(1)
+        feats = out.patches
+        if num_frames is None:
+            return feats.mean(1)
+        cfg = self.encoder.config
+        valid = valid_patches(num_frames.to(feats.device), out.grid, cfg.patch, cfg.stride).to(feats.dtype)
+        return (feats * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
+
+    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+        if self.linear_probe:
+            with torch.no_grad():
+                out = self.encoder(fbank)
+        else:
+            out = self.encoder(fbank)
+        return self.head(self.pool(out, num_frames))
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.kind == "multi_label" else torch.softmax(logits, -1)
+
+    def task_config(self, target_frames: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"labels": self.labels, "kind": self.kind, "pooling": self.pooling,
+                "target_frames": target_frames} | (extra or {})
+
+    def save_pretrained(self, directory: str | os.PathLike, target_frames: int,
+                        extra: dict[str, Any] | None = None) -> Path:
+        """Export: encoder config + ``task`` section in config.json, all weights in model.safetensors."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        config = self.encoder.config.to_dict() | {"task": self.task_config(target_frames, extra)}
+        return write_export(directory, config, {WEIGHTS_NAME: state})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Classifier:
+        """Load a fine-tuned model directory (config.json with a ``task`` section)."""
+        config, weights = read_export(directory)
+        task = config.get("task")
+        if not task or "labels" not in task:
+            raise ExportError(f"{directory}: not a fine-tuned model (config.json has no task labels); "
+                              "fine-tune it first or use `finetune embed` for encoder features")
+        encoder = Encoder(EncoderConfig.from_dict(config, source=str(Path(directory) / "config.json")))
+        model = cls(encoder, task["labels"], pooling=task.get("pooling", "mean"), kind=task.get("kind", "single_label"))
+        load_state_strict(model, load_file(str(weights)), str(weights))
+        model.target_frames = int(task.get("target_frames", encoder.config.input_frames))
+        return model
+
+
+def load_encoder(directory: str, random_init: bool = False, seed: int = 0) -> Encoder:
+    """The encoder of an export (pretrained or fine-tuned), or a randomly initialized twin of it."""
+    if not random_init:
+        return Encoder.from_pretrained(directory)
+    config, _ = read_export(directory)
+    torch.manual_seed(seed)
+    return Encoder(EncoderConfig.from_dict(config, source=str(Path(directory) / "config.json")))
+
+
+def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_decay: float,
+                       head_lr_mult: float) -> list[dict[str, Any]]:
+    """Parameter groups with layer-wise LR decay (``lr * decay^(L + 1 - layer)``) and the head multiplier."""
+    enc = model.encoder
+    top = enc.num_layers + 1
+    no_decay = enc.no_weight_decay()
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if name.startswith("encoder."):
+            sub = name[len("encoder."):]
+            scale = layer_decay ** (top - min(enc.layer_id(sub), top))
+            wd = 0.0 if (p.ndim <= 1 or sub in no_decay) else weight_decay
+        else:
+            scale, wd = head_lr_mult, (0.0 if p.ndim <= 1 else weight_decay)
+        groups.setdefault((scale, wd), []).append(p)
+    return [{"params": ps, "lr": lr * s, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in groups.items()]

@@ -1,0 +1,275 @@
+"""Fine-tuning loop: exported encoder -> task model, with validation-based model selection and test metrics.
+
+Runs alone or under ``accelerate launch`` (every rank reads its own shards; metrics are gathered).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate.utils import gather_object, set_seed
+
+from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
+from pretrain.encoder import ExportError
+from pretrain.features import Normalization
+from pretrain.stats import compute_stats
+from pretrain.train import Progress, make_accelerator
+
+from .augment import augment_batch
+from .config import FinetuneRecipe
+from .heads import Classifier, layer_decay_groups, load_encoder
+from .metrics import compute_metrics
+
+
+class FoldWeight:
+    """Keep samples whose ``fold`` is (or is not) in ``folds`` (picklable, for loader workers)."""
+
+    def __init__(self, folds: list[int], keep: bool):
+        self.folds, self.keep = set(folds), keep
+
+    def __call__(self, meta: dict[str, Any]) -> float:
+        return float((meta.get("fold") in self.folds) == self.keep)
+
+
+class BalancedWeight:
+    """Accept a sample with probability proportional to sum over its labels of 1/count (AudioSet's balancing)."""
+
+    def __init__(self, label_counts: dict[str, int], inner=None):
+        w = {k: 1.0 / max(v, 1) for k, v in label_counts.items()}
+        self.w, self.top, self.inner = w, max(w.values()), inner
+
+    def __call__(self, meta: dict[str, Any]) -> float:
+        base = self.inner(meta) if self.inner else 1.0
+        return base * min(1.0, sum(self.w.get(lab, 0.0) for lab in meta.get("labels") or []) / self.top)
+
+
+def check_vocabulary(shards: ShardSet, labels: list[str]) -> None:
+    """Labels in the shards that the model does not know are an error, named."""
+    if shards.vocabulary is None:
+        return
+    unknown = sorted(set(shards.vocabulary) - set(labels))
+    if unknown:
+        raise DataError(f"{shards.source}: label(s) {unknown[:10]} are not known to the model "
+                        f"(it knows {len(labels)} labels: {labels[:10]}{' ...' if len(labels) > 10 else ''})")
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()  # soft targets (mixup) allowed
+
+
+def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, train: ShardSet,
+                          run_dir: Path, acc) -> Normalization:
+    f = recipe.features
+    if f.mean is not None and f.std is not None:
+        return Normalization(f.mean, f.std)
+    if f.stats:
+        s = json.loads(Path(f.stats).read_text())
+        return Normalization(float(s["mean"]), float(s["std"]))
+    if f.use_encoder_stats:
+        return encoder_norm
+    cache = run_dir / "stats.json"
+    if acc.is_main_process and not cache.is_file():
+        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe)
+        cache.write_text(json.dumps(s))
+    acc.wait_for_everyone()
+    s = json.loads(cache.read_text())
+    return Normalization(float(s["mean"]), float(s["std"]))
+
+
+@torch.no_grad()
+def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRecipe, norm: Normalization,
+                   weight=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scores and targets of every sample of a shard set (each exactly once across ranks)."""
+    workers = min(recipe.data.num_workers, max(0, len(shards.urls) // acc.num_processes))
+    stream = ShardStream(shards, batch_size=recipe.train.eval_batch_size or recipe.train.batch_size,
+                         target_frames=recipe.data.target_frames, mode="eval", rank=acc.process_index,
+                         world_size=acc.num_processes, num_workers=workers, features=model.encoder.config.features,
+                         normalization=norm, vocabulary=model.labels, sample_weight=weight)
+    was_training = model.training
+    model.eval()
+    scores, targets, keys = [], [], []
+    for batch in make_loader(stream):
+        with acc.autocast():
+            logits = model(batch["fbank"].to(acc.device), batch["num_frames"])
+        scores.append(model.scores(logits.float()).cpu().numpy())
+        targets.append(batch["labels"].numpy())
+        keys += batch["keys"]
+    model.train(was_training)
+    parts = gather_object([(np.concatenate(scores) if scores else None, np.concatenate(targets) if targets else None, keys)])
+    s = np.concatenate([p[0] for p in parts if p[0] is not None])
+    t = np.concatenate([p[1] for p in parts if p[1] is not None])
+    return s, t, [k for p in parts for k in p[2]]
+
+
+def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) -> float:
+    """SSAST's MultiStepLR(range(start, 1000, step), decay) per epoch, or cosine per step; linear warmup."""
+    s, base = recipe.schedule, recipe.optim.lr
+    if s.warmup_steps and step < s.warmup_steps:
+        return base * (step + 1) / s.warmup_steps
+    if s.name == "cosine":
+        t = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
+        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    drops = 0 if epoch < s.start else (epoch - s.start) // s.step + 1
+    return base * s.decay ** drops
+
+
+def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | None = None) -> dict[str, Any]:
+    """Train one task model; returns the metrics (also written to ``run_dir/metrics.json``)."""
+    run_dir = Path(run_dir or recipe.run_dir)
+    acc = make_accelerator(recipe, run_dir)  # type: ignore[arg-type]
+    is_main = acc.is_main_process
+    d, t = recipe.data, recipe.train
+    if not recipe.model.encoder:
+        raise ExportError("model.encoder is not set: give an export directory (--set model.encoder=runs/X/export)")
+    train_set = resolve_shards(d.train, d.allow_pipe)
+    if not train_set.vocabulary:
+        raise DataError(f"{train_set.source}: no label vocabulary in index.json; fine-tuning needs labeled shards")
+    labels = list(train_set.vocabulary)
+    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid else None
+    test_set = resolve_shards(d.test, d.allow_pipe) if d.test else None
+    train_weight = eval_weight = None
+    if fold is not None:
+        train_weight, eval_weight = FoldWeight([fold], keep=False), FoldWeight([fold], keep=True)
+        valid_set = test_set = train_set
+    if d.balanced:
+        counts = (train_set.index or {}).get("label_counts")
+        if not counts:
+            raise DataError(f"{train_set.source}: data.balanced needs label_counts in index.json")
+        train_weight = BalancedWeight(counts, train_weight)
+    for s in (valid_set, test_set):
+        if s is not None:
+            check_vocabulary(s, labels)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(t.seed)
+    encoder = load_encoder(recipe.model.encoder, recipe.model.random_init, seed=t.seed)
+    norm = resolve_normalization(recipe, encoder.config.normalization, train_set, run_dir, acc)
+    encoder.config.normalization = norm
+    if recipe.model.stride:
+        encoder.set_stride(tuple(recipe.model.stride))
+    model = Classifier(encoder, labels, recipe.model.pooling, recipe.task.kind, recipe.model.head_dropout,
+                       linear_probe=recipe.model.mode == "linear_probe")
+    o = recipe.optim
+    groups = layer_decay_groups(model, o.lr, o.weight_decay, recipe.model.layer_decay, o.head_lr_mult)
+    opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    optimizer = opt_cls(groups, lr=o.lr, betas=tuple(o.betas))
+    model, optimizer = acc.prepare(model, optimizer)
+    core: Classifier = acc.unwrap_model(model)
+
+    world = acc.num_processes
+    n_train = train_set.num_samples or 0
+    if fold is not None and d.folds:
+        n_train = int(n_train * (len(d.folds) - 1) / len(d.folds))
+    steps_per_epoch = t.steps_per_epoch or max(1, n_train // (t.batch_size * world))
+    total = steps_per_epoch * t.epochs
+    stream = ShardStream(train_set, batch_size=t.batch_size, target_frames=d.target_frames, mode="train",
+                         seed=t.seed, rank=acc.process_index, world_size=world, num_workers=d.num_workers,
+                         shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
+                         vocabulary=labels, sample_weight=train_weight)
+    gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
+    progress = Progress(total, is_main)
+    best: dict[str, Any] = {"main": -math.inf}
+    wa_sum: dict[str, torch.Tensor] | None = None
+    wa_count = 0
+    history = []
+    step = 0
+    t0 = time.time()
+    for epoch in range(t.epochs):
+        stream.set_epoch(epoch)
+        it = iter(make_loader(stream))
+        model.train()
+        losses = []
+        for _ in range(steps_per_epoch):
+            batch = next(it)
+            lr = epoch_lr(recipe, epoch, step, total)
+            for g in optimizer.param_groups:
+                g["lr"] = lr * g.get("lr_scale", 1.0)
+            x, y = batch["fbank"].to(acc.device), batch["labels"].to(acc.device)
+            x, y = augment_batch(x, y, batch["num_frames"], recipe.augment, norm, gen)
+            with acc.autocast():
+                logits = model(x, batch["num_frames"])
+                loss = task_loss(logits.float(), y, recipe.task.loss)
+            acc.backward(loss)
+            if o.clip_grad_norm > 0:
+                acc.clip_grad_norm_(model.parameters(), o.clip_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            step += 1
+            if step % t.log_every == 0:
+                progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
+                                force=not sys.stderr.isatty())
+        del it
+        entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+        if valid_set is not None:
+            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight)
+            m = compute_metrics(s, tg, labels, recipe.task.kind)
+            entry["valid"] = {k: v for k, v in m.items() if k != "per_class"}
+            if m["main"] > best["main"]:
+                best = {"main": m["main"], "epoch": epoch + 1, "state": copy.deepcopy(core.state_dict())}
+        wa = t.weight_averaging
+        if wa and wa[0] <= epoch + 1 <= wa[1]:
+            sd = core.state_dict()
+            wa_sum = {k: v.detach().clone().double() for k, v in sd.items()} if wa_sum is None else \
+                {k: wa_sum[k] + sd[k].double() for k in sd}
+            wa_count += 1
+        history.append(entry)
+        if is_main:
+            v = entry.get("valid", {})
+            print(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
+                  + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""),
+                  file=sys.stderr)
+
+    selected = "last"
+    if wa_sum is not None:
+        core.load_state_dict({k: (v / wa_count).to(core.state_dict()[k].dtype) for k, v in wa_sum.items()})
+        selected = f"weight average of epochs {t.weight_averaging[0]}-{t.weight_averaging[1]}"
+    elif "state" in best:
+        core.load_state_dict(best["state"])
+        selected = f"best on valid (epoch {best['epoch']})"
+    result: dict[str, Any] = {"selected": selected, "history": history, "labels": labels,
+                              "mode": recipe.model.mode, "random_init": recipe.model.random_init,
+                              "normalization": {"mean": norm.mean, "std": norm.std}, "seconds": time.time() - t0}
+    if valid_set is not None:
+        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight)
+        result["valid"] = compute_metrics(s, tg, labels, recipe.task.kind)
+    if test_set is not None:
+        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight)
+        result["test"] = compute_metrics(s, tg, labels, recipe.task.kind)
+    if is_main:
+        core.save_pretrained(run_dir / "export", d.target_frames,
+                             extra={"finetuned_from": recipe.model.encoder, "selected": selected,
+                                    "display_names": (train_set.index or {}).get("display_names")})
+        tmp = run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(run_dir / "metrics.json")
+    acc.end_training()
+    return result
+
+
+def finetune_all(recipe: FinetuneRecipe) -> dict[str, Any]:
+    """One run, or k-fold cross-validation over ``data.folds`` (mean and per-fold results)."""
+    if not recipe.data.folds:
+        return finetune(recipe)
+    per_fold = {}
+    for f in recipe.data.folds:
+        per_fold[f] = finetune(recipe, recipe.run_dir / f"fold-{f}", fold=f)
+    key = "test"
+    mains = [r[key]["main"] for r in per_fold.values()]
+    summary = {"folds": {str(f): {k: v for k, v in r[key].items() if k != "per_class"} for f, r in per_fold.items()},
+               "mean_main": float(np.mean(mains)), "std_main": float(np.std(mains))}
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    (recipe.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
