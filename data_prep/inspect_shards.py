@@ -1,0 +1,238 @@
+"""``python -m data_prep inspect``: summarize a shard set and decode-check every member.
+
+Checks, for every shard: the tar opens; members are regular files named ``KEY.EXT`` with a dot-free key;
+every key has exactly one ``flac`` and one ``json`` and appears once; every flac decodes to 16 kHz mono with
+finite samples; every json parses to an object with ``source`` and a ``duration_s`` that matches the audio;
+sample counts and seconds match ``index.json``, and every shard it lists exists.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import braceexpand
+import numpy as np
+import soundfile as sf
+
+# Same values as data_prep.audio.TARGET_SR and data_prep.shards.INDEX_FILE, not imported from there because
+# those modules pull in torch, which takes seconds to import and is not needed to check shards.
+TARGET_SR = 16000
+INDEX_FILE = "index.json"
+
+_DURATION_BINS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, float("inf"))
+_SECONDS_TOLERANCE = 1e-3
+
+
+class InspectError(Exception):
+    """SHARDS cannot be inspected at all (nothing found, unreadable index)."""
+
+
+@dataclass
+class SetReport:
+    """What one shard set holds."""
+
+    name: str
+    shards: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    durations: list[float] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    index_checked: bool = False
+
+
+@dataclass
+class InspectReport:
+    """All shard sets found, and every problem (``"shard X: key Y: what"``)."""
+
+    sets: list[SetReport]
+    problems: list[str]
+
+    def text(self) -> str:
+        lines = []
+        for s in self.sets:
+            check = "counts match index.json" if s.index_checked else "no index.json compared"
+            lines.append(f"{s.name}: {s.shards} shards, {s.samples} samples, {s.seconds / 3600:.4f} h ({check})")
+            lines.append("  durations: " + _duration_histogram(s.durations))
+            if s.labels:
+                width = max(s.labels.values())
+                lines.append(f"  labels ({len(s.labels)}):")
+                for label, count in sorted(s.labels.items(), key=lambda kv: (-kv[1], kv[0]))[:40]:
+                    bar = "#" * max(1, round(30 * count / width))
+                    lines.append(f"    {label[:30]:30s} {count:7d} {bar}")
+                if len(s.labels) > 40:
+                    lines.append(f"    ... and {len(s.labels) - 40} more")
+            else:
+                lines.append("  labels: none")
+        lines.append("OK: every member decodes" if not self.problems else f"{len(self.problems)} PROBLEMS:")
+        lines.extend(f"  {p}" for p in self.problems[:50])
+        if len(self.problems) > 50:
+            lines.append(f"  ... and {len(self.problems) - 50} more")
+        return "\n".join(lines)
+
+
+def _duration_histogram(durations: list[float]) -> str:
+    counts = np.histogram(np.asarray(durations, dtype=float), bins=np.asarray(_DURATION_BINS))[0]
+    parts = []
+    for lo, hi, n in zip(_DURATION_BINS[:-1], _DURATION_BINS[1:], counts):
+        label = f">={lo:g}s" if hi == float("inf") else f"{lo:g}-{hi:g}s"
+        parts.append(f"{label} {int(n)}")
+    return " | ".join(parts)
+
+
+def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> list[str]:
+    problems = []
+    if set(members) != {"flac", "json"}:
+        problems.append(f"members {sorted(members)} (expected flac and json)")
+    frames = None
+    if "flac" in members:
+        try:
+            data, sr = sf.read(io.BytesIO(members["flac"]), dtype="float32", always_2d=True)
+            if sr != TARGET_SR:
+                problems.append(f"flac sample rate {sr} (expected {TARGET_SR})")
+            if data.shape[1] != 1:
+                problems.append(f"flac has {data.shape[1]} channels (expected mono)")
+            if data.shape[0] == 0:
+                problems.append("flac has no samples")
+            elif not np.isfinite(data).all():
+                problems.append("flac has NaN/inf samples")
+            frames = data.shape[0]
+        except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+            problems.append(f"flac does not decode: {err}")
+    meta: Any = None
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+            if not isinstance(meta, dict) or "source" not in meta or "duration_s" not in meta:
+                problems.append("json lacks source/duration_s")
+                meta = None
+        except (UnicodeDecodeError, ValueError) as err:
+            problems.append(f"json does not parse: {err}")
+    if frames is not None and meta is not None:
+        seconds = frames / TARGET_SR
+        if abs(float(meta["duration_s"]) - seconds) > _SECONDS_TOLERANCE:
+            problems.append(f"json duration_s {meta['duration_s']} but flac lasts {seconds:.6f} s")
+    if not problems and frames is not None:
+        report.samples += 1
+        report.seconds += frames / TARGET_SR
+        report.durations.append(frames / TARGET_SR)
+        report.labels.update(meta.get("labels") or ())
+    return problems
+
+
+def check_shard(path: Path, report: SetReport) -> tuple[int, float, list[str]]:
+    """Decode-check one tar; add its good samples to ``report``; return (samples, seconds, problems)."""
+    before_samples, before_seconds = report.samples, report.seconds
+    problems: list[str] = []
+    seen: set[str] = set()
+    current_key: str | None = None
+    current: dict[str, bytes] = {}
+
+    def finish() -> None:
+        if current_key is not None:
+            problems.extend(f"shard {path.name}: key {current_key}: {p}" for p in _check_sample(current_key, current, report))
+
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if not member.isfile():
+                    problems.append(f"shard {path.name}: member {member.name}: not a regular file")
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    problems.append(f"shard {path.name}: member {member.name}: no extension")
+                    continue
+                key, ext = base.split(".", 1)
+                if key != current_key:
+                    finish()
+                    if key in seen:
+                        problems.append(f"shard {path.name}: key {key}: appears twice (members not adjacent)")
+                    seen.add(key)
+                    current_key, current = key, {}
+                if ext in current:
+                    problems.append(f"shard {path.name}: key {key}: duplicate member {ext}")
+                handle = tar.extractfile(member)
+                current[ext] = handle.read() if handle is not None else b""
+            finish()
+    except (tarfile.TarError, OSError, EOFError) as err:
+        problems.append(f"shard {path.name}: cannot read tar: {err}")
+    return report.samples - before_samples, report.seconds - before_seconds, problems
+
+
+def _load_index(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise InspectError(f"{path}: unreadable index ({err})") from None
+
+
+def _inspect_set(name: str, tars: list[Path], index: dict[str, Any] | None, complete: bool) -> tuple[SetReport, list[str]]:
+    """Check ``tars``; compare with ``index`` (``complete``: every shard the index lists must be there)."""
+    report = SetReport(name=name, shards=len(tars), index_checked=index is not None)
+    problems: list[str] = []
+    listed = {s["name"]: s for s in (index or {}).get("shards", [])}
+    if index is not None and complete:
+        present = {t.name for t in tars}
+        problems += [f"shard {n}: listed in index.json but missing" for n in listed if n not in present]
+    for tar in tars:
+        samples, seconds, shard_problems = check_shard(tar, report)
+        problems += shard_problems
+        if index is None:
+            continue
+        entry = listed.get(tar.name)
+        if entry is None:
+            problems.append(f"shard {tar.name}: not listed in index.json")
+        elif not shard_problems and (
+            entry["samples"] != samples or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)
+        ):
+            problems.append(
+                f"shard {tar.name}: holds {samples} samples / {seconds:.3f} s, "
+                f"index.json says {entry['samples']} / {entry['seconds']:.3f} s"
+            )
+    if index is not None and complete and not problems and index.get("samples") != report.samples:
+        problems.append(f"{name}: {report.samples} samples, index.json says {index.get('samples')}")
+    return report, problems
+
+
+def _set_from_dir(name: str, directory: Path) -> tuple[SetReport, list[str]]:
+    index_path = directory / INDEX_FILE
+    if not index_path.exists():
+        raise InspectError(f"no {INDEX_FILE} in {directory}")
+    index = _load_index(index_path)
+    tars = sorted(p for p in directory.glob("*.tar"))
+    return _inspect_set(name, tars, index, complete=True)
+
+
+def inspect(target: str | Path) -> InspectReport:
+    """Inspect SHARDS: a folder with index.json, an index.json, a .tar, or a brace pattern of tars."""
+    path = Path(target)
+    if path.is_file() and path.name.endswith(".json"):
+        path = path.parent
+    results: list[tuple[SetReport, list[str]]] = []
+    if path.is_dir():
+        index_path = path / INDEX_FILE
+        if not index_path.exists():
+            raise InspectError(f"no {INDEX_FILE} in {path} (give a .tar or a brace pattern to check tars alone)")
+        index = _load_index(index_path)
+        if "splits" in index:
+            order = {"train": 0, "valid": 1, "test": 2}
+            for split, entry in sorted(index["splits"].items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
+                results.append(_set_from_dir(split, path / Path(entry["index"]).parent))
+        else:
+            results.append(_set_from_dir(index.get("split") or path.name, path))
+    else:
+        tars = [Path(p) for p in braceexpand.braceexpand(str(target))]
+        missing = [str(t) for t in tars if not t.is_file()]
+        if missing:
+            raise InspectError(f"not found: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+        parents = {t.parent for t in tars}
+        index = None
+        if len(parents) == 1 and (next(iter(parents)) / INDEX_FILE).exists():
+            index = _load_index(next(iter(parents)) / INDEX_FILE)
+        results.append(_inspect_set(str(target), tars, index, complete=False))
+    return InspectReport(sets=[r for r, _ in results], problems=[p for _, ps in results for p in ps])
