@@ -364,3 +364,16 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path):
     assert loaded.config.backbone_config == enc.config.backbone_config
     with torch.no_grad():
         assert torch.equal(loaded(fbank).patches, ref)
+
+
+@pytest.mark.parametrize("size,dim", [("t", 192), ("s", 384), ("b", 768)])
+def test_recipes_load_and_name_the_preset(size, dim):
+    from pathlib import Path
+
+    from pretrain.config import load_recipe
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / f"arwkv_{size}.toml"
+    recipe = load_recipe(path)
+    assert recipe.model.backbone == "rwkv7" and recipe.optim.name == "adamw"
+    cfg = make_backbone_config("rwkv7", recipe.model.preset, **recipe.model.backbone_config)
+    assert (cfg.dim, cfg.depth, cfg.head_size) == (dim, 12, 64)
