@@ -261,7 +261,7 @@ def fbank(
     if config.subtract_clip_mean:
         x = x - _clip_means(waves, lengths)[:, None]
     frames = x.unfold(1, config.frame_length, config.frame_shift)  # (B, T, L) view, no copy
-    if device.type == "cpu":
+    if _small_chunks(device):
         work = _Work(config, (_CPU_CHUNK_FRAMES,), device)
         for i, n in enumerate(num_frames.tolist()):
             for t0 in range(0, n, _CPU_CHUNK_FRAMES):
@@ -269,6 +269,8 @@ def fbank(
                 _frames_to_fbank(frames[i, t0:t1], out[i, t0:t1], work.sliced(t1 - t0), config, window, mel)
     else:
         needed = int(num_frames.max())  # frames past the longest clip are never computed
+        if needed == 0:
+            return out, num_frames
         clips_per_chunk = max(1, max_chunk_frames // max(needed, 1))
         for c0 in range(0, batch, clips_per_chunk):
             c1 = min(c0 + clips_per_chunk, batch)
@@ -282,6 +284,11 @@ def fbank(
         past_end = torch.arange(total_frames, device=device) >= num_frames[:, None]
         out.masked_fill_(past_end[:, :, None], 0.0)
     return out, num_frames
+
+
+def _small_chunks(device: torch.device) -> bool:
+    """Whether to use the cache-sized per-clip chunks (CPU) rather than whole-batch kernels."""
+    return device.type == "cpu"
 
 
 def _clip_means(waves: Tensor, lengths: Tensor) -> Tensor:
