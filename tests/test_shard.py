@@ -1,0 +1,280 @@
+"""Sharding end to end on the real demo corpus: read back, determinism, bad inputs, CLI errors, inspect."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import webdataset as wds
+
+from data_prep import shards, synth
+from data_prep.__main__ import main
+from data_prep.shards import ShardError, ShardOptions, shard_corpus
+
+CLIPS = 24
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("synth")
+    synth.synthesize(src, clips=CLIPS, seed=0, progress=False)
+    return src
+
+
+@pytest.fixture(scope="module")
+def sharded(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "out"
+    shard_corpus(ShardOptions(src=corpus, out=out, samples_per_shard=3, workers=2, progress=False))
+    return out
+
+
+def _manifest(src: Path) -> dict[str, dict[str, str]]:
+    with open(src / "manifest.csv", newline="") as fh:
+        return {row["path"]: row for row in csv.DictReader(fh)}
+
+
+def _tar_keys(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        return [m.name for m in tar.getmembers()]
+
+
+def _shard_keys(out: Path) -> dict[str, list[str]]:
+    return {str(p.relative_to(out)): _tar_keys(p) for p in sorted(out.rglob("*.tar"))}
+
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process (a subprocess would import torch again: seconds)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.timeout(60)
+def test_read_back_with_webdataset_and_tarfile(corpus, sharded):
+    manifest = _manifest(corpus)
+    top = json.loads((sharded / "index.json").read_text())
+    assert set(top["splits"]) == {"train", "valid", "test"}
+    seen_sources = {}
+    for split, entry in top["splits"].items():
+        index = json.loads((sharded / entry["index"]).read_text())
+        assert index["vocabulary"] == top["vocabulary"]  # one vocabulary for every split
+        urls = [str(sharded / split / s["name"]) for s in index["shards"]]
+        assert len(urls) >= 2
+        per_shard = {s["name"]: s for s in index["shards"]}
+        counted = {name: [0, 0.0] for name in per_shard}
+        labels = {}
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            key = sample["__key__"]
+            assert "." not in key and set(sample) >= {"flac", "json"}
+            wave, sr = sf.read(io.BytesIO(sample["flac"]), dtype="float32", always_2d=True)
+            assert sr == 16000 and wave.shape[1] == 1 and np.isfinite(wave).all()
+            meta = json.loads(sample["json"])
+            row = manifest[meta["source"]]
+            assert meta["labels"] == row["labels"].split(";")
+            assert meta["split"] == row["split"] == split
+            assert meta["offset_s"] == 0.0 and meta["duration_s"] == pytest.approx(len(wave) / 16000)
+            # Resampling keeps the length: ceil(frames * 16000 / orig_sr) samples.
+            info = sf.info(str(corpus / meta["source"]))
+            assert meta["orig_sr"] == info.samplerate
+            assert len(wave) == math.ceil(info.frames * 16000 / info.samplerate)
+            shard_name = Path(sample["__url__"]).name
+            counted[shard_name][0] += 1
+            counted[shard_name][1] += len(wave) / 16000
+            for label in meta["labels"]:
+                labels[label] = labels.get(label, 0) + 1
+            seen_sources[meta["source"]] = info.frames / info.samplerate
+        for name, (count, seconds) in counted.items():
+            assert count == per_shard[name]["samples"]
+            assert seconds == pytest.approx(per_shard[name]["seconds"], abs=1e-4)
+        assert labels == index["label_counts"]
+        assert index["samples"] == sum(c for c, _ in counted.values()) == entry["samples"]
+    # Every source is in the shards exactly once; total duration matches the sources.
+    assert sorted(seen_sources) == sorted(manifest)
+    assert top["seconds"] == pytest.approx(sum(seen_sources.values()), abs=1e-3 * CLIPS)
+    assert top["vocabulary"] == sorted({row["labels"] for row in manifest.values()})
+    assert top["skipped"] == []
+
+    # Plain tarfile: KEY.flac then KEY.json per sample, fixed metadata, shuffled (not in source order).
+    first = sorted((sharded / "train").glob("*.tar"))[0]
+    with tarfile.open(first) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert [n.split(".", 1)[1] for n in names] == ["flac", "json"] * (len(names) // 2)
+    assert all(m.mtime == 0 and m.uid == 0 and m.gid == 0 and m.mode == 0o644 for m in members)
+    sources_in_order = [
+        json.loads(sample["json"])["source"]
+        for sample in wds.WebDataset(
+            [str(p) for p in sorted((sharded / "train").glob("*.tar"))], shardshuffle=False, empty_check=False
+        )
+    ]
+    assert sources_in_order != sorted(sources_in_order)
+
+
+@pytest.mark.timeout(60)
+def test_same_seed_same_shards_whatever_the_workers(corpus, sharded, tmp_path):
+    one = tmp_path / "one"
+    shard_corpus(ShardOptions(src=corpus, out=one, samples_per_shard=3, workers=1, progress=False))
+    assert _shard_keys(one) == _shard_keys(sharded)
+    for tar in sorted(one.rglob("*.tar")):
+        assert tar.read_bytes() == (sharded / tar.relative_to(one)).read_bytes(), tar
+    other_seed = tmp_path / "seed1"
+    shard_corpus(ShardOptions(src=corpus, out=other_seed, samples_per_shard=3, seed=1, workers=1, progress=False))
+    assert _shard_keys(other_seed) != _shard_keys(one)
+    assert sorted(k for v in _shard_keys(other_seed).values() for k in v) == sorted(
+        k for v in _shard_keys(one).values() for k in v
+    )
+
+
+@pytest.mark.timeout(60)
+def test_clip_seconds_segments_and_max_shard_mb(corpus, tmp_path):
+    out = tmp_path / "seg"
+    summary = shard_corpus(
+        ShardOptions(src=corpus, out=out, layout="folder", clip_seconds=2.0, min_seconds=0.5,
+                     max_shard_mb=0.25, workers=2, progress=False)
+    )
+    index = json.loads((out / "index.json").read_text())
+    assert index["split"] is None and summary.splits == []
+    total_source = 0.0
+    expected = 0
+    for path in sorted(corpus.rglob("*")):
+        if path.suffix in (".wav", ".flac", ".ogg"):
+            duration = sf.info(str(path)).duration
+            tail = duration - 2.0 * math.floor(duration / 2.0)
+            expected += math.floor(duration / 2.0) + (1 if tail >= 0.5 else 0)
+            total_source += duration - (tail if tail < 0.5 else 0.0)
+    assert index["samples"] == expected == summary.samples
+    assert index["seconds"] == pytest.approx(total_source, abs=1e-3 * expected)
+    for shard in index["shards"]:
+        assert (out / shard["name"]).stat().st_size <= 0.25 * 1024 * 1024
+        for name in _tar_keys(out / shard["name"]):
+            assert "." not in name.split(".", 1)[0] and shard["name"].startswith("data-")
+    assert len(index["shards"]) >= 3
+
+
+def _bad_corpus(root: Path, good_src: Path, good: int) -> Path:
+    """A manifest corpus with ``good`` real clips plus one input of every bad kind."""
+    root.mkdir()
+    rows = []
+    for rel, row in list(_manifest(good_src).items())[:good]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(good_src / rel, root / rel)
+        rows.append((rel, row["labels"]))
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "random.wav").write_bytes(np.random.default_rng(0).bytes(5000))
+    flac = io.BytesIO()
+    sf.write(flac, np.sin(np.arange(48000) / 10.0).astype(np.float32) * 0.5, 16000, format="FLAC")
+    (bad / "truncated.flac").write_bytes(flac.getvalue()[: len(flac.getvalue()) // 2])
+    sf.write(bad / "zero.wav", np.zeros(0, dtype=np.float32), 16000)
+    nan = np.full(16000, 0.1, dtype=np.float32)
+    nan[100] = np.nan
+    sf.write(bad / "nan.wav", nan, 16000, subtype="FLOAT")
+    for name in ("empty.wav", "random.wav", "truncated.flac", "zero.wav", "nan.wav", "missing.wav"):
+        rows.append((f"bad/{name}", "bad"))
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "labels"])
+        writer.writerows(rows)
+    return root
+
+
+@pytest.mark.timeout(60)
+def test_bad_inputs_are_skipped_listed_and_counted(corpus, tmp_path, capsys):
+    src = _bad_corpus(tmp_path / "src", corpus, good=4)
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_cli(["shard", str(src), str(out), "--workers", "2", "-q"], capsys)
+    assert code == 0, stderr
+    assert "sharded 4 samples" in stdout and "skipped 6 inputs" in stdout
+    index = json.loads((out / "index.json").read_text())
+    reasons = {Path(s["source"]).name: s["reason"] for s in index["skipped"]}
+    assert set(reasons) == {"empty.wav", "random.wav", "truncated.flac", "zero.wav", "nan.wav", "missing.wav"}
+    assert "empty" in reasons["empty.wav"]
+    assert "not audio" in reasons["random.wav"]
+    assert "truncated" in reasons["truncated.flac"]
+    assert "zero-length" in reasons["zero.wav"]
+    assert "NaN" in reasons["nan.wav"]
+    assert index["samples"] == 4 and "bad" not in index["label_counts"]
+
+    code, _, stderr = _run_cli(["shard", str(src), str(tmp_path / "strict"), "--strict", "-q"], capsys)
+    assert code == 1 and "--strict" in stderr and "Traceback" not in stderr
+    assert "bad/" in stderr  # names the first few skipped inputs
+
+    all_bad = tmp_path / "all_bad"
+    all_bad.mkdir()
+    shutil.copytree(src / "bad", all_bad / "bad")
+    code, _, stderr = _run_cli(["shard", str(all_bad), str(tmp_path / "none"), "-q"], capsys)
+    assert code == 1 and "no usable audio" in stderr and str(all_bad) in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.timeout(60)
+def test_cli_errors_are_clear(corpus, tmp_path, capsys):
+    missing = tmp_path / "does_not_exist"
+    code, _, stderr = _run_cli(["shard", str(missing), str(tmp_path / "o")], capsys)
+    assert code == 1 and str(missing) in stderr and stderr.startswith("error:")
+    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--layout", "nosuch"], capsys)
+    assert code == 2 and "nosuch" in stderr
+    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--samples-per-shard", "0"], capsys)
+    assert code == 2 and "'0'" in stderr
+    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--layout", "esc50"], capsys)
+    assert code == 1 and "esc50" in stderr and "Traceback" not in stderr
+    with pytest.raises(ShardError, match="--name"):
+        shard_corpus(ShardOptions(src=corpus, out=tmp_path / "o", name="a.b"))
+    # A real process too: status, one clear line, no traceback.
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_prep", "shard", str(missing), str(tmp_path / "o")],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert proc.returncode == 1 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(60)
+def test_inspect_passes_good_shards_and_names_a_corrupt_member(sharded, tmp_path, capsys):
+    code, stdout, stderr = _run_cli(["inspect", str(sharded)], capsys)
+    assert code == 0, stderr
+    assert "train:" in stdout and "valid:" in stdout and "test:" in stdout and "OK" in stdout
+    code, stdout, _ = _run_cli(["inspect", str(sharded / "train" / "train-{000000..000001}.tar")], capsys)
+    assert code == 0 and "counts match index.json" in stdout
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sharded, broken)
+    target = sorted((broken / "valid").glob("*.tar"))[0]
+    with tarfile.open(target) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    bad_key = members[0][0].name.split(".", 1)[0]
+    with tarfile.open(target, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for member, data in members:
+            if member.name == f"{bad_key}.flac":
+                data = data[:40] + bytes(len(data) - 40)  # header kept, audio frames zeroed: corrupt
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    code, stdout, stderr = _run_cli(["inspect", str(broken)], capsys)
+    assert code == 1
+    assert target.name in stderr and bad_key in stderr
+
+
+@pytest.mark.timeout(30)
+def test_sample_keys_are_stable_dot_free_and_unique():
+    assert shards.sample_key("audio/dog/a.b c.wav", 3) == shards.sample_key("audio/dog/a.b c.wav", 3)
+    key = shards.sample_key("audio/dog/a.b c.wav", 3)
+    assert "." not in key and key.startswith("audio_dog_a_b_c-0003-")
+    assert shards.sample_key("x/a.wav", 0) != shards.sample_key("x/a.flac", 0)
+    assert "." not in shards.sample_key("..." + "é" * 200 + ".wav", 0)
+    long = shards.sample_key("d/" + "x" * 300 + ".wav", 0)
+    assert len(long) < 90  # fits a ustar member name with its extension
