@@ -26,12 +26,15 @@ Items are sorted by ``rel`` so that every scan of the same tree gives the same l
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -154,10 +157,11 @@ def scan(src: str | Path, layout: str = "auto", *, folder_labels: bool = False) 
         layout = detect_layout(root)
     if layout != "manifest" and root.is_file():
         raise SourceError(f"{root} is a file; the {layout} layout needs a directory")
-    if layout == "folder":
-        result = _scan_folder(root, folder_labels)
-    else:
-        result = _SCANNERS[layout](root)
+    with _cyclic_gc_paused():
+        if layout == "folder":
+            result = _scan_folder(root, folder_labels)
+        else:
+            result = _SCANNERS[layout](root)
     if not result.items:
         raise SourceError(f"no audio found in {src} (layout {layout})")
     result.items.sort(key=lambda item: item.rel)
@@ -166,6 +170,20 @@ def scan(src: str | Path, layout: str = "auto", *, folder_labels: bool = False) 
 
 # ----------------------------------------------------------------------------------------------
 # Walking the tree
+
+
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: a scan allocates millions of acyclic objects (strings,
+    tuples, Paths), and each allocation burst would trigger full collections that walk the whole
+    growing heap (measured ~1.5-3x slower on 120k files). Nothing here creates reference cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _check_src(src: str | Path) -> Path:
@@ -523,11 +541,18 @@ def _read_audioset_classes(path: Path) -> tuple[list[str], dict[str, str]]:
 
 def _audioset_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line number, fields)`` of a segments CSV, skipping ``#`` comments and blank lines."""
+    line_no = 0
+
+    def data_lines(f: Iterable[str]) -> Iterator[str]:
+        nonlocal line_no
+        for line_no, line in enumerate(f, start=1):  # noqa: B007 - read by the caller through nonlocal
+            if line.strip() and not line.lstrip().startswith("#"):
+                yield line
+
     with open(path, newline="", encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            yield line_no, next(csv.reader([line], skipinitialspace=True))
+        # One reader over the filtered lines: a reader per line costs as much as the whole parse.
+        for fields in csv.reader(data_lines(f), skipinitialspace=True):
+            yield line_no, fields
 
 
 def _scan_audioset(root: Path) -> SourceScan:
@@ -540,51 +565,64 @@ def _scan_audioset(root: Path) -> SourceScan:
     vocabulary, display_names = _read_audioset_classes(classes)
     known = set(vocabulary)
     index, all_rels = _index_audioset_files(root)
-    used: dict[str, str] = {}  # rel -> "file line" of the row that took it
+    used: dict[str, tuple[str, int]] = {}  # rel -> (segments file, line) of the row that took it
     items: list[SourceItem] = []
     skipped: list[tuple[str, str]] = []
+    label_cache: dict[str, tuple[str, ...]] = {}  # rows share few distinct label strings
     n_rows = 0
     for segments in segment_files:
         split = _split_from_segments_name(segments.name)
         for line_no, fields in _audioset_rows(segments):
-            where = f"{segments} line {line_no}"
             if len(fields) < 4:
-                raise SourceError(f"{where}: expected YTID, start_seconds, end_seconds, positive_labels")
+                raise SourceError(
+                    f"{segments} line {line_no}: expected YTID, start_seconds, end_seconds, positive_labels"
+                )
             ytid, start_text, end_text, label_text = (x.strip() for x in fields[:4])
             try:
                 start = float(start_text)
             except ValueError:
-                raise SourceError(f"{where}: start_seconds {start_text!r} is not a number") from None
-            labels = tuple(mid.strip() for mid in label_text.split(",") if mid.strip())
-            for mid in labels:
-                if mid not in known:
-                    raise SourceError(f"{where}: label {mid!r} is not in {classes.name}")
+                raise SourceError(
+                    f"{segments} line {line_no}: start_seconds {start_text!r} is not a number"
+                ) from None
+            labels = label_cache.get(label_text)
+            if labels is None:
+                labels = tuple(mid.strip() for mid in label_text.split(",") if mid.strip())
+                for mid in labels:
+                    if mid not in known:
+                        raise SourceError(f"{segments} line {line_no}: label {mid!r} is not in {classes.name}")
+                label_cache[label_text] = labels
             n_rows += 1
-            row_id = f"{ytid} {start_text}-{end_text}"
-            here = f"{segments.name} line {line_no}"
-            candidates = index.get(ytid, [])
+            candidates = index.get(ytid)
+            if candidates is None:  # the common case in real copies: the clip was never downloaded
+                skipped.append((f"{ytid} {start_text}-{end_text}",
+                                f"no audio file for this segment ({segments.name} line {line_no})"))
+                continue
             chosen = [rel for token, rel in candidates if _start_matches(token, start)]
             if not chosen:  # a bare YTID.<ext> (or a name without a start) holds the only segment
                 chosen = [rel for token, rel in candidates if token is None]
-            chosen = sorted(set(chosen))
+            if len(chosen) > 1:
+                chosen = sorted(set(chosen))
+            here = (segments.name, line_no)
             if not chosen:
-                if candidates:
-                    names = ", ".join(sorted({rel for _, rel in candidates}))
-                    reason = f"audio for {ytid} starts elsewhere ({names}), not at {start_text} ({here})"
-                else:
-                    reason = f"no audio file for this segment ({here})"
-                skipped.append((row_id, reason))
+                names = ", ".join(sorted({rel for _, rel in candidates}))
+                skipped.append((f"{ytid} {start_text}-{end_text}",
+                                f"audio for {ytid} starts elsewhere ({names}), not at {start_text} "
+                                f"({here[0]} line {here[1]})"))
                 continue
             rel = chosen[0]
             for extra in chosen[1:]:
                 if extra not in used:
                     used[extra] = here
-                    skipped.append((extra, f"another file holds the same segment: {rel} ({here})"))
+                    skipped.append((extra, f"another file holds the same segment: {rel} "
+                                           f"({here[0]} line {here[1]})"))
             if rel in used:
-                skipped.append((row_id, f"its file {rel} is already used by {used[rel]} ({here})"))
+                by = used[rel]
+                skipped.append((f"{ytid} {start_text}-{end_text}",
+                                f"its file {rel} is already used by {by[0]} line {by[1]} "
+                                f"({here[0]} line {here[1]})"))
                 continue
             used[rel] = here
-            items.append(_item(root, rel, labels=labels, split=split))
+            items.append(SourceItem(root / rel, rel, labels, split))
     for rel in sorted(all_rels - set(used)):
         skipped.append((rel, "matches no row of the segments CSVs"))
     if n_rows and not items:
@@ -654,29 +692,40 @@ def _librispeech_split(subset: str) -> str | None:
     return None
 
 
-def _looks_like_librispeech(root: Path, probe: int = 3) -> bool:
-    """Cheap probe: a few SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac under SRC or one subset below it."""
-    def digit_dirs(path: Path) -> list[os.DirEntry]:
-        try:
-            with os.scandir(path) as entries:
-                return [e for e in entries if e.name.isdigit() and e.is_dir()][:probe]
-        except OSError:
-            return []
+def _first_entries(path: str | Path, limit: int) -> list[os.DirEntry]:
+    """At most ``limit`` visible entries of a directory (none if it cannot be listed)."""
+    try:
+        with os.scandir(path) as entries:
+            return list(islice((e for e in entries if not e.name.startswith(".")), limit))
+    except OSError:
+        return []
 
-    def has_utterance(base: Path) -> bool:
+
+def _looks_like_librispeech(root: Path, probe: int = 3, peek: int = 64) -> bool:
+    """Cheap probe for SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac under SRC or under a subset dir of SRC.
+
+    Looks at no more than ``peek`` entries per directory and ``probe`` speakers/chapters/subsets,
+    so detection stays instant on a huge folder corpus.
+    """
+    def digit_dirs(path: str | Path) -> list[os.DirEntry]:
+        return [e for e in _first_entries(path, peek) if e.name.isdigit() and e.is_dir()][:probe]
+
+    def has_utterance(base: str | Path) -> bool:
         for speaker in digit_dirs(base):
-            for chapter in digit_dirs(Path(speaker.path)):
+            for chapter in digit_dirs(speaker.path):
                 prefix = f"{speaker.name}-{chapter.name}-"
-                with os.scandir(chapter.path) as entries:
-                    if any(e.name.startswith(prefix) and _LIBRI_NAME.fullmatch(e.name) for e in entries):
+                for entry in _first_entries(chapter.path, peek):
+                    if entry.name.startswith(prefix) and _LIBRI_NAME.fullmatch(entry.name):
                         return True
         return False
 
     if has_utterance(root):
         return True
-    with os.scandir(root) as entries:
-        subsets = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
-    return any(has_utterance(Path(p)) for p in subsets)
+    subdirs = sorted((e for e in _first_entries(root, peek) if e.is_dir()), key=lambda e: e.name)
+    # Named subsets (train-clean-100, dev-other, ...) first, then a few others.
+    named = [e for e in subdirs if _librispeech_split(e.name)]
+    others = [e for e in subdirs if not _librispeech_split(e.name)][:probe]
+    return any(has_utterance(e.path) for e in named + others)
 
 
 def _scan_librispeech(root: Path) -> SourceScan:
