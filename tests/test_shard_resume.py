@@ -1,0 +1,153 @@
+"""Resumability: SIGKILL mid-run then rerun gives the uninterrupted result; finished shards are kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_prep import synth
+from data_prep.shards import ShardError, ShardOptions, shard_corpus
+
+CLIPS = 24
+PER_SHARD = 2
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("synth")
+    synth.synthesize(src, clips=CLIPS, seed=0, progress=False)
+    return src
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory) -> Path:
+    """An uninterrupted run: what every interrupted-and-resumed run must end up with."""
+    out = tmp_path_factory.mktemp("ref") / "out"
+    shard_corpus(ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False))
+    return out
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """Every shard's bytes and every index.json, by path relative to OUT."""
+    files = sorted([*out.rglob("*.tar"), *out.rglob("index.json")])
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and SIGKILL semantics of Linux")
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_prep", "shard", str(corpus), str(out),
+           "--samples-per-shard", str(PER_SHARD), "--workers", "2", "-q"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(out.rglob("*.tar")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no shard appeared"
+            time.sleep(0.005)
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    # The workers die with their parent (no orphan keeps writing shards behind the rerun's back).
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert workers and not any(_alive(pid) for pid in workers)
+
+    total = len(list(reference.rglob("*.tar")))
+    finished = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*.tar")}
+    assert 1 <= len(finished) < total, "the kill should land mid-run"
+    assert not (out / "index.json").exists()
+
+    summary = shard_corpus(
+        ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=2, progress=False)
+    )
+    assert summary.rendered_shards == total - len(finished)
+    assert _outputs(out) == _outputs(reference)  # same samples in the same shards, byte for byte
+    for path, stamp in finished.items():
+        assert (path.stat().st_mtime_ns, path.stat().st_ino) == stamp, f"{path} was rewritten"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.timeout(60)
+def test_rerun_renders_only_unfinished_shards_and_cleans_leftovers(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    opts = ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
+    shard_corpus(opts)
+    train = out / "train"
+    tars = sorted(train.glob("*.tar"))
+    tars[0].unlink()  # killed after the sidecar was written, before the rename
+    (train / ".progress" / (tars[1].name + ".json")).unlink()  # sidecar lost: not trusted as finished
+    (train / (tars[2].name + ".tmp")).write_bytes(b"half a shard")  # a killed render's leftover
+    (train / ".progress" / "junk.json.tmp").write_bytes(b"{")
+    (out / "index.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in tars[2:]}
+
+    summary = shard_corpus(opts)
+    assert summary.rendered_shards == 2
+    assert _outputs(out) == _outputs(reference)
+    assert {p: p.stat().st_mtime_ns for p in tars[2:]} == kept
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+    again = shard_corpus(opts)  # all done: nothing rendered, same result
+    assert again.rendered_shards == 0 and again.samples == summary.samples
+    assert _outputs(out) == _outputs(reference)
+
+
+@pytest.mark.timeout(60)
+def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    opts = ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
+    shard_corpus(opts)
+    (out / "notes.txt").write_text("mine")
+    changed = ShardOptions(src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, progress=False)
+    with pytest.raises(ShardError, match=r"samples_per_shard: 2 -> 5.*seed: 0 -> 3|seed.*--overwrite"):
+        shard_corpus(changed)
+    assert _outputs(out) == _outputs(reference)  # untouched
+
+    summary = shard_corpus(
+        ShardOptions(src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, overwrite=True, progress=False)
+    )
+    assert summary.samples == CLIPS
+    index = json.loads((out / "train" / "index.json").read_text())
+    assert index["params"]["seed"] == 3 and index["params"]["samples_per_shard"] == 5
+    assert sorted(p.name for p in (out / "train").glob("*.tar")) == [s["name"] for s in index["shards"]]
+    assert (out / "notes.txt").read_text() == "mine"  # --overwrite removes only what sharding wrote
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.txt").write_text("x")
+    with pytest.raises(ShardError, match="not empty"):
+        shard_corpus(ShardOptions(src=corpus, out=foreign, workers=1, progress=False))
