@@ -429,7 +429,9 @@ def _scan_esc50(root: Path) -> SourceScan:
     for name in sorted(present - listed):
         skipped.append((f"audio/{name}", "not listed in meta/esc50.csv"))
     if listed and not items:
-        raise SourceError(f"{meta} does not match the audio: none of its {len(listed)} files is in {audio_dir}")
+        raise SourceError(
+            f"{meta} does not match the audio: none of its {len(listed)} files is in {audio_dir}"
+        )
     categories = [category_of_target[t] for t in sorted(category_of_target)]
     if len(set(categories)) != len(categories):
         raise SourceError(f"{meta}: one category has several targets: {categories}")
@@ -589,7 +591,9 @@ def _scan_audioset(root: Path) -> SourceScan:
                 labels = tuple(mid.strip() for mid in label_text.split(",") if mid.strip())
                 for mid in labels:
                     if mid not in known:
-                        raise SourceError(f"{segments} line {line_no}: label {mid!r} is not in {classes.name}")
+                        raise SourceError(
+                            f"{segments} line {line_no}: label {mid!r} is not in {classes.name}"
+                        )
                 label_cache[label_text] = labels
             n_rows += 1
             candidates = index.get(ytid)
@@ -654,7 +658,8 @@ def _scan_voxceleb1(root: Path) -> SourceScan:
             parts = line.split()
             if len(parts) != 2 or parts[0] not in codes or parts[1].count("/") != 2:
                 raise SourceError(
-                    f"{split_file} line {line_no}: expected '<1|2|3> idXXXXX/VIDEO/UTT.wav', got {line.strip()!r}"
+                    f"{split_file} line {line_no}: expected '<1|2|3> idXXXXX/VIDEO/UTT.wav', "
+                    f"got {line.strip()!r}"
                 )
             split_of[parts[1]] = codes[parts[0]]
     # Key every file by its last three components, so wav/idX/..., idX/... directly under SRC, and
@@ -674,7 +679,9 @@ def _scan_voxceleb1(root: Path) -> SourceScan:
     for key in sorted(set(split_of) - set(taken)):
         skipped.append((key, _VOX_MISSING))
     if not items and skipped and skipped[0][1] != _VOX_MISSING:  # audio present, none of it listed
-        raise SourceError(f"{split_file} does not match the audio: none of the files it lists is below {root}")
+        raise SourceError(
+            f"{split_file} does not match the audio: none of the files it lists is below {root}"
+        )
     vocabulary = sorted({key.partition("/")[0] for key in split_of})
     return SourceScan("voxceleb1", items, skipped, vocabulary, root=root)
 

@@ -215,7 +215,8 @@ def make_esc50(root: Path) -> Path:
         ("5-9032-A-0.wav", 5, 0, "dog", "True", "9032", "A"),
         ("4-181286-A-10.wav", 4, 10, "rain", "True", "181286", "A"),  # not on disk
     ]
-    write_text(root / "meta" / "esc50.csv", ESC50_HEADER + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    lines = "".join(",".join(map(str, row)) + "\n" for row in rows)
+    write_text(root / "meta" / "esc50.csv", ESC50_HEADER + lines)
     for name, *_ in rows[:4]:
         write_audio(root / "audio" / name, sr=44100)
     write_audio(root / "audio" / "3-999999-A-0.wav")  # on disk, not in the CSV
