@@ -25,7 +25,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import queue
 import random
 import re
 import shutil
@@ -244,11 +243,9 @@ class Progress:
 
 # ------------------------------------------------------------------------------------- worker functions
 
-_progress_queue: Any = None
-
 
 def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this worker when its parent dies, so that no orphan keeps writing shards."""
+    """Ask Linux to SIGKILL this worker when its parent dies, so that no orphan outlives a killed run."""
     if sys.platform != "linux":
         return
     with contextlib.suppress(Exception):
@@ -258,9 +255,7 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker_init(progress_queue: Any) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
+def _worker_init() -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates the pool
     import torch
@@ -281,6 +276,28 @@ def probe_file(path: str) -> tuple[float, int, int] | str:
     return float(info.duration_s), int(info.sample_rate), int(info.channels)
 
 
+def render_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, float] | str:
+    """Decode, resample and FLAC-encode one planned sample: ``(flac, json, seconds)`` or the skip reason."""
+    try:
+        wave, orig_sr = audio.load_audio(sample["path"], audio.TARGET_SR, sample["offset_s"], sample["read_s"])
+        flac = audio.encode_flac(wave, audio.TARGET_SR)
+    except audio.AudioError as err:
+        return str(err) or "unreadable audio"
+    except (OSError, RuntimeError, ValueError) as err:  # defensive, see probe_file
+        return f"unreadable audio: {err}"
+    seconds = len(wave) / audio.TARGET_SR
+    meta: dict[str, Any] = {
+        "source": sample["source"],
+        "offset_s": sample["offset_s"],
+        "duration_s": round(seconds, 6),
+        "orig_sr": int(orig_sr),
+    }
+    for name in ("labels", "split", "fold"):
+        if sample.get(name) is not None:
+            meta[name] = sample[name]
+    return flac, json.dumps(meta, sort_keys=True).encode(), seconds
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -291,51 +308,34 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def render_shard(task: dict[str, Any], report: Callable[[int, float], None] | None = None) -> dict[str, Any]:
-    """Render one planned shard: decode every sample, encode FLAC, write the tar atomically.
+def write_shard(
+    task: dict[str, Any], rendered: Iterator[tuple[bytes, bytes, float] | str], report: Callable[[int, float], None]
+) -> dict[str, Any]:
+    """Write one planned shard from its rendered samples (in plan order), atomically.
 
-    Returns the shard's result (also saved as its sidecar in ``.progress/`` before the tar gets its final
-    name): sample count, seconds, label counts and the samples skipped because they failed to decode.
+    The tar is written as ``NAME.tmp``; the shard's result (sample count, seconds, label counts, samples
+    that failed to decode) is saved as its sidecar in ``.progress/`` and only then is the tar renamed, so a
+    shard whose final tar and sidecar both exist is complete.
     """
-    if report is None:
-        report = _queue_report
     set_dir = Path(task["dir"])
-    final = set_dir / task["name"]
     tmp = set_dir / (task["name"] + ".tmp")
     count, seconds = 0, 0.0
     skipped: list[dict[str, str]] = []
-    labels = Counter()
+    labels: Counter[str] = Counter()
     with open(tmp, "wb") as fh:
         with tarfile.open(fileobj=fh, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for sample in task["samples"]:
-                try:
-                    wave, orig_sr = audio.load_audio(
-                        sample["path"], audio.TARGET_SR, sample["offset_s"], sample["read_s"]
-                    )
-                    flac = audio.encode_flac(wave, audio.TARGET_SR)
-                except audio.AudioError as err:
-                    skipped.append({"source": sample["source"], "reason": str(err) or "unreadable audio"})
-                    report(1, sample["duration_s"])
-                    continue
-                except (OSError, RuntimeError, ValueError) as err:  # defensive, see probe_file
-                    skipped.append({"source": sample["source"], "reason": f"unreadable audio: {err}"})
-                    report(1, sample["duration_s"])
-                    continue
-                meta: dict[str, Any] = {
-                    "source": sample["source"],
-                    "offset_s": sample["offset_s"],
-                    "duration_s": round(len(wave) / audio.TARGET_SR, 6),
-                    "orig_sr": int(orig_sr),
-                }
-                for name in ("labels", "split", "fold"):
-                    if sample.get(name) is not None:
-                        meta[name] = sample[name]
-                _add_member(tar, sample["key"] + ".flac", flac)
-                _add_member(tar, sample["key"] + ".json", json.dumps(meta, sort_keys=True).encode())
-                count += 1
-                seconds += len(wave) / audio.TARGET_SR
-                labels.update(sample.get("labels") or ())
+                result = next(rendered)
                 report(1, sample["duration_s"])
+                if isinstance(result, str):
+                    skipped.append({"source": sample["source"], "reason": result})
+                    continue
+                flac, meta, sample_seconds = result
+                _add_member(tar, sample["key"] + ".flac", flac)
+                _add_member(tar, sample["key"] + ".json", meta)
+                count += 1
+                seconds += sample_seconds
+                labels.update(sample.get("labels") or ())
         fh.flush()
         os.fsync(fh.fileno())
     result = {
@@ -347,25 +347,23 @@ def render_shard(task: dict[str, Any], report: Callable[[int, float], None] | No
         "skipped": skipped,
     }
     write_json_atomic(set_dir / PROGRESS_DIR / (task["name"] + ".json"), result)
-    os.replace(tmp, final)
+    os.replace(tmp, set_dir / task["name"])
     return result
-
-
-def _queue_report(files: int, seconds: float) -> None:
-    if _progress_queue is not None:
-        _progress_queue.put((files, seconds))
 
 
 # -------------------------------------------------------------------------------------------- the pool
 
 
 class _Workers:
-    """The worker pool, or the current process when ``workers == 1`` (no process or pickling overhead)."""
+    """The worker pool, or the current process when ``workers == 1`` (no process or pickling overhead).
+
+    Work is spread per sample, not per shard, so that a corpus with fewer shards than cores (the demo: one
+    shard per split) still uses every core; the parent only writes the tars, in plan order.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool: Any = None
-        self.queue: Any = None
         self._threads: int | None = None
 
     def __enter__(self) -> _Workers:
@@ -375,8 +373,7 @@ class _Workers:
             # sets torch to one thread before any torch op, so no OpenMP pool is used across the fork.
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else None)
-            self.queue = ctx.Queue()
-            self.pool = ctx.Pool(self.workers, initializer=_worker_init, initargs=(self.queue,))
+            self.pool = ctx.Pool(self.workers, initializer=_worker_init)
         else:
             import torch
 
@@ -393,34 +390,22 @@ class _Workers:
 
             torch.set_num_threads(self._threads)
 
-    def probe(self, paths: list[str]) -> Iterator[tuple[float, int, int] | str]:
+    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> Iterator[Any]:
         if self.pool is None:
-            yield from map(probe_file, paths)
-            return
-        chunk = max(1, min(64, len(paths) // (self.workers * 8)))
-        yield from self.pool.imap(probe_file, paths, chunksize=chunk)
+            return map(fn, items)
+        return self.pool.imap(fn, items, chunksize=chunksize)
+
+    def probe(self, paths: list[str]) -> Iterator[tuple[float, int, int] | str]:
+        return self._map(probe_file, paths, max(1, min(64, len(paths) // (self.workers * 8))))
 
     def render(
         self, tasks: list[dict[str, Any]], progress: Progress
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """Yield ``(task, result)`` as shards finish (in any order)."""
-        if self.pool is None:
-            for task in tasks:
-                yield task, render_shard(task, progress.update)
-            return
-        pending = [(task, self.pool.apply_async(render_shard, (task,))) for task in tasks]
-        while pending:
-            with contextlib.suppress(queue.Empty):
-                progress.update(*self.queue.get(timeout=0.1))
-                while True:
-                    progress.update(*self.queue.get_nowait())
-            still = []
-            for task, job in pending:
-                if job.ready():
-                    yield task, job.get()
-                else:
-                    still.append((task, job))
-            pending = still
+        """Render and write the shards of ``tasks`` in order; yield ``(task, result)`` as each is done."""
+        samples = (sample for task in tasks for sample in task["samples"])
+        rendered = self._map(render_sample, samples, 2)  # small chunks: samples cost 10-1000 ms each
+        for task in tasks:
+            yield task, write_shard(task, rendered, progress.update)
 
 
 # ---------------------------------------------------------------------------------------------- planning
