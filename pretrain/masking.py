@@ -52,7 +52,9 @@ def _randint(
 
 def _check_valid(valid: torch.Tensor) -> None:
     if valid.dtype != torch.bool or valid.dim() != 2:
-        raise ValueError(f"valid must be a (batch, patches) bool tensor, got {tuple(valid.shape)} {valid.dtype}")
+        raise ValueError(
+            f"valid must be a (batch, patches) bool tensor, got {tuple(valid.shape)} {valid.dtype}"
+        )
 
 
 def _per_clip_counts(count: int | torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -178,7 +180,9 @@ def mask_count_for(valid_counts: torch.Tensor, mask_count: int, total: int) -> t
     something). A clip with 0 or 1 valid patches gets 0.
     """
     if not 0 < mask_count < total:
-        raise ValueError(f"mask_count must be in [1, {total - 1}] for a grid of {total} patches, got {mask_count}")
+        raise ValueError(
+            f"mask_count must be in [1, {total - 1}] for a grid of {total} patches, got {mask_count}"
+        )
     v = valid_counts.to(torch.long)
     if bool(((v < 0) | (v > total)).any()):
         raise ValueError(f"valid patch counts must lie in [0, {total}], got {v.tolist()}")

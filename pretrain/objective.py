@@ -51,7 +51,7 @@ from pretrain.patches import patchify
 
 
 def patch_targets(fbank: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """Prediction targets ``(B, N, pt*pf)``: the raw non-overlapping patches of ``fbank`` ``(B, T, F)``, detached."""
+    """Prediction targets ``(B, N, pt*pf)``: raw patches of ``fbank`` ``(B, T, F)`` (no overlap), detached."""
     return patchify(fbank.detach(), patch)
 
 
@@ -74,7 +74,7 @@ class _Gathered:
         self.clips = (self.counts > 0).sum().clamp(min=1)
 
     def take(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, C)`` -> ``(B, M, C)`` at the masked positions (padding rows hold arbitrary real patches)."""
+        """``(B, N, C)`` -> ``(B, M, C)`` at the masked positions (padding rows hold arbitrary patches)."""
         return torch.gather(x, 1, self.index[:, :, None].expand(-1, -1, x.shape[-1]))
 
 
@@ -102,11 +102,14 @@ class SSASTObjective(nn.Module):
 
     def _check(self, features: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
         if mask.dtype != torch.bool or mask.dim() != 2:
-            raise ValueError(f"mask must be a (batch, patches) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
+            raise ValueError(
+                f"mask must be a (batch, patches) bool tensor, got {tuple(mask.shape)} {mask.dtype}"
+            )
         b, n = mask.shape
         if features.shape != (b, n, self.dim):
             raise ValueError(
-                f"features must be (batch, patches, dim) = ({b}, {n}, {self.dim}), got {tuple(features.shape)}"
+                f"features must be (batch, patches, dim) = ({b}, {n}, {self.dim}), "
+                f"got {tuple(features.shape)}"
             )
         if targets.shape != (b, n, self.patch_dim):
             raise ValueError(
