@@ -50,13 +50,14 @@ class FeatureConfig:
     high_freq: float = 0.0
     subtract_clip_mean: bool = True  # SSAST subtracts the waveform mean before the fbank
 
+    # Samples per frame and per hop, truncated as kaldi (and torchaudio) do: int(sr * ms * 0.001).
     @property
     def frame_length(self) -> int:
-        return int(round(self.sample_rate * self.frame_length_ms / 1000))
+        return int(self.sample_rate * self.frame_length_ms * 0.001)
 
     @property
     def frame_shift(self) -> int:
-        return int(round(self.sample_rate * self.frame_shift_ms / 1000))
+        return int(self.sample_rate * self.frame_shift_ms * 0.001)
 
     @property
     def fft_size(self) -> int:
@@ -106,8 +107,10 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureConfig:
-        """Inverse of ``to_dict``; an unknown key is an error naming it and the valid keys."""
-        return _strict_from_dict(cls, data)
+        """Inverse of ``to_dict``; an unknown key or an unsupported value is an error naming it."""
+        config = _strict_from_dict(cls, data)
+        config.validate()
+        return config
 
 
 @dataclass
@@ -243,6 +246,7 @@ def _constants(config: FeatureConfig, device: torch.device) -> _Constants:
 _CPU_CHUNK_FRAMES = 256
 
 
+@torch.no_grad()  # features are inputs, never differentiated (and the kernels write in place)
 def fbank(
     waves: Tensor,
     lengths: Tensor | None = None,
@@ -453,6 +457,10 @@ def pad_or_crop(
         raise ValueError(f"pad_or_crop expects (B, T, F) features, got {tuple(features.shape)}")
     batch, total, _ = features.shape
     num_frames = torch.as_tensor(num_frames, device=features.device).long()
+    if num_frames.shape != (batch,):
+        raise ValueError(f"pad_or_crop: num_frames must have shape ({batch},), got {tuple(num_frames.shape)}")
+    if batch and (int(num_frames.min()) < 0 or int(num_frames.max()) > total):
+        raise ValueError(f"pad_or_crop: num_frames must be in [0, {total}], got {num_frames.tolist()}")
     excess = (num_frames - target_frames).clamp_min(0)
     if crop == "random":
         u = torch.rand(batch, generator=generator, dtype=torch.float64).to(features.device)

@@ -125,6 +125,12 @@ def test_silence_segments_inside_a_clip(path, subtract_clip_mean):
     assert float(ours[5].max()) > 0.0
 
 
+def test_input_that_requires_grad_is_accepted():
+    wave = (torch.randn(2000) * 0.1).requires_grad_()
+    ours, _ = fbank(wave)
+    assert not ours.requires_grad and _max_err(ours[0], fbank_reference(wave.detach())) <= TOL
+
+
 def test_int16_and_float64_input_are_computed_in_float32(path):
     ints = (torch.randn(8000, generator=torch.Generator().manual_seed(9)) * 3000).to(torch.int16)
     ref = fbank_reference(ints.float())
@@ -141,8 +147,9 @@ def test_int16_and_float64_input_are_computed_in_float32(path):
         FeatureConfig(window_type="hamming", num_mel_bins=80),
         FeatureConfig(window_type="povey", preemphasis_coefficient=0.0, remove_dc_offset=False),
         FeatureConfig(sample_rate=8000, num_mel_bins=40, low_freq=64.0, high_freq=-200.0),
+        FeatureConfig(sample_rate=11025, window_type="blackman"),  # 275.6 samples/frame: truncated
     ],
-    ids=["no-clip-mean", "hamming-80", "povey-plain", "8k-40"],
+    ids=["no-clip-mean", "hamming-80", "povey-plain", "8k-40", "11025-blackman"],
 )
 def test_other_configs_match_kaldi(config):
     wave = _tone_noise(12000, seed=2, sr=config.sample_rate)
@@ -280,6 +287,8 @@ def test_random_crop_is_deterministic_and_stays_in_real_frames():
     assert len(starts) > 5  # it really is random across seeds
     with pytest.raises(ValueError, match="crop='middle'"):
         pad_or_crop(x, torch.tensor(num_frames), target, crop="middle")
+    with pytest.raises(ValueError, match="num_frames must be in"):
+        pad_or_crop(x, torch.tensor([101, 0, 0, 0]), target)
 
 
 def test_running_stats_match_numpy_and_merge():
