@@ -57,8 +57,8 @@ SHARD_EPILOG = """\
 layouts (--layout, default auto detects them):
   folder          every audio file (wav, flac, ogg, mp3) below SRC; --folder-labels uses the parent
                   folder's name as the label
-  manifest        a CSV or JSONL file (SRC itself, or the only one in SRC) with `path` and optional
-                  `labels` (';'-separated or a list), `split`, `fold`
+  manifest        a CSV or JSONL file (SRC itself, or manifest.csv / manifest.jsonl in SRC) with
+                  `path` and optional `labels` (';'-separated or a list), `split`, `fold`
   esc50, speechcommands, audioset, voxceleb1, librispeech
                   the corpora's own layouts (see README)
 
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard = sub.add_parser(
         "shard",
         help="turn a corpus into WebDataset tar shards (FLAC 16 kHz mono + json)",
-        description="Turn the audio corpus SRC into WebDataset tar shards in OUT: planned up front "
+        description="Turn the audio corpus SRC into WebDataset tar shards in OUT: planned up front\n"
         "(deterministic for a seed, whatever --workers is), rendered in parallel, resumable.",
         epilog=SHARD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -198,9 +198,12 @@ def _bad_corpus(root: Path, good_src: Path, good: int) -> Path:
 def test_bad_inputs_are_skipped_listed_and_counted(corpus, tmp_path, capsys):
     src = _bad_corpus(tmp_path / "src", corpus, good=4)
     out = tmp_path / "out"
-    code, stdout, stderr = _run_cli(["shard", str(src), str(out), "--workers", "2", "-q"], capsys)
+    code, stdout, stderr = _run_cli(["shard", str(src), str(out), "--workers", "2"], capsys)
     assert code == 0, stderr
     assert "sharded 4 samples" in stdout and "skipped 6 inputs" in stdout
+    # missing.wav is skipped by the scan; truncated.flac and nan.wav pass the header probe, fail to decode
+    assert "probe: 9/9 files" in stderr and "render: 6/6 files" in stderr and "files/s" in stderr
+    assert "h audio" in stderr
     index = json.loads((out / "index.json").read_text())
     reasons = {Path(s["source"]).name: s["reason"] for s in index["skipped"]}
     assert set(reasons) == {"empty.wav", "random.wav", "truncated.flac", "zero.wav", "nan.wav", "missing.wav"}
@@ -209,6 +212,8 @@ def test_bad_inputs_are_skipped_listed_and_counted(corpus, tmp_path, capsys):
     assert "truncated" in reasons["truncated.flac"]
     assert "zero-length" in reasons["zero.wav"]
     assert "NaN" in reasons["nan.wav"]
+    stages = {Path(s["source"]).name: s["stage"] for s in index["skipped"]}
+    assert stages["missing.wav"] == "scan" and stages["empty.wav"] == "probe" and stages["nan.wav"] == "decode"
     assert index["samples"] == 4 and "bad" not in index["label_counts"]
 
     code, _, stderr = _run_cli(["shard", str(src), str(tmp_path / "strict"), "--strict", "-q"], capsys)
