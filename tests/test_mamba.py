@@ -1,0 +1,339 @@
+"""Bidirectional Mamba backbone: the selective scan against a per-step oracle, the mixer variants
+against the equations, the published parameter counts, and the Encoder contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.backbones import make_backbone_config
+from pretrain.backbones.mamba import BiMambaMixer, MambaBackbone, MambaConfig
+from pretrain.backbones.selective_scan import linear_scan, selective_scan
+from pretrain.encoder import Encoder, EncoderConfig
+
+
+def naive_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The recurrence written step by step from the equations (the oracle).
+
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t;  y_t = C_t · h_t + D u_t;  y_t *= SiLU(z_t).
+    """
+    if delta_bias is not None:
+        delta = delta + delta_bias
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, length, channels = u.shape
+    h = u.new_zeros(batch, channels, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1))
+    y = torch.stack(ys, dim=1)
+    if D is not None:
+        y = y + u * D
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+def _scan_inputs(batch, length, channels, state, dtype, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    return dict(
+        u=rnd(batch, length, channels), delta=rnd(batch, length, channels),
+        A_log=(torch.randn(channels, state, generator=g, dtype=dtype) * 0.5).requires_grad_(),
+        B=rnd(batch, length, state), C=rnd(batch, length, state), D=rnd(channels), z=rnd(batch, length, channels),
+        bias=rnd(channels),
+    )
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize(
+    "batch,length,channels,state,block",
+    [(2, 37, 5, 3, 8), (1, 100, 4, 16, None), (3, 53, 6, 4, 16), (2, 19, 3, 2, 1), (1, 130, 2, 5, 33)],
+)
+def test_selective_scan_matches_per_step_oracle(dtype, tol, batch, length, channels, state, block):
+    x = _scan_inputs(batch, length, channels, state, dtype, seed=length)
+    params = list(x.values())
+
+    def args():
+        return (x["u"], x["delta"], -torch.exp(x["A_log"]), x["B"], x["C"], x["D"], x["z"], x["bias"], True)
+
+    y = selective_scan(*args(), block_tokens=block)
+    y_ref = naive_selective_scan(*args())
+    assert y.dtype == dtype
+    assert _rel(y, y_ref) <= tol
+    gy = torch.randn_like(y)
+    grads = torch.autograd.grad(y, params, gy)
+    grads_ref = torch.autograd.grad(y_ref, params, gy)
+    for name, got, want in zip(x, grads, grads_ref):
+        assert _rel(got, want) <= tol, name
+
+
+@pytest.mark.timeout(60)
+def test_selective_scan_without_optional_terms_and_with_block_of_one():
+    x = _scan_inputs(2, 23, 3, 4, torch.float64, seed=3)
+    A = -torch.exp(x["A_log"])
+    y = selective_scan(x["u"], x["delta"], A, x["B"], x["C"], block_tokens=1)
+    assert _rel(y, naive_selective_scan(x["u"], x["delta"], A, x["B"], x["C"])) <= 1e-12
+
+
+@pytest.mark.timeout(60)
+def test_selective_scan_stable_for_long_inputs_and_large_delta():
+    """22k tokens, Δ up to e^6 ≈ 400 (ΔA ≈ −6000 per step): finite, and equal to the oracle on a prefix."""
+    g = torch.Generator().manual_seed(1)
+    batch, length, channels, state = 1, 22_000, 2, 4
+    u = torch.randn(batch, length, channels, generator=g)
+    delta = torch.exp(torch.randn(batch, length, channels, generator=g) * 3).clamp(max=400.0)
+    A = -torch.arange(1, state + 1, dtype=torch.float32).repeat(channels, 1) * 4
+    B = torch.randn(batch, length, state, generator=g)
+    C = torch.randn(batch, length, state, generator=g)
+    u.requires_grad_()
+    y = selective_scan(u, delta, A, B, C, block_tokens=4096)
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert torch.isfinite(u.grad).all()
+    # The state forgets within a few steps here, so the last 300 tokens only depend on their own past.
+    tail = slice(length - 300, length)
+    ref = naive_selective_scan(u[:, tail].detach(), delta[:, tail], A, B[:, tail], C[:, tail])
+    assert _rel(y[:, 50 - 300 :].detach(), ref[:, 50:]) <= 1e-5
+
+
+@pytest.mark.timeout(30)
+def test_linear_scan_matches_loop_for_every_length_up_to_70():
+    for length in range(1, 71):
+        a = torch.rand(2, length, 3, dtype=torch.float64)
+        x = torch.randn(2, length, 3, dtype=torch.float64)
+        h, ref = torch.zeros(2, 3, dtype=torch.float64), []
+        for t in range(length):
+            h = a[:, t] * h + x[:, t]
+            ref.append(h)
+        assert torch.allclose(linear_scan(a, x), torch.stack(ref, 1), rtol=1e-12, atol=1e-12), length
+
+
+def test_selective_scan_rejects_bad_shapes():
+    u = torch.randn(1, 5, 3)
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan(u, u, -torch.ones(4, 2), torch.randn(1, 5, 2), torch.randn(1, 5, 2))
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan(u, u, -torch.ones(3, 2), torch.randn(1, 5, 3), torch.randn(1, 5, 2))
+    with pytest.raises(ValueError, match="block_tokens"):
+        selective_scan(u, u, -torch.ones(3, 2), torch.randn(1, 5, 2), torch.randn(1, 5, 2), block_tokens=0)
+
+
+# ----- the mixer against the equations -----
+
+
+def _direction(u_pre, z, conv, x_proj, dt_proj, A_log, D, rank, state):
+    """One direction of the mixer, from the equations: causal depthwise conv, SiLU, projections, scan."""
+    length = u_pre.shape[1]
+    w = conv.weight[:, 0]  # (E, K)
+    k = w.shape[1]
+    padded = F.pad(u_pre, (0, 0, k - 1, 0))
+    u = torch.stack([(padded[:, t : t + k] * w.T).sum(1) for t in range(length)], 1) + conv.bias
+    u = F.silu(u)
+    dt, B, C = torch.split(u @ x_proj.weight.T, [rank, state, state], dim=-1)
+    delta = dt @ dt_proj.weight.T
+    return naive_selective_scan(u, delta, -torch.exp(A_log), B, C, D, z, dt_proj.bias, True)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bimamba", ["v2", "v1", "none"])
+@pytest.mark.parametrize("divide", [True, False])
+def test_mixer_matches_equations(bimamba, divide):
+    torch.manual_seed(0)
+    cfg = MambaConfig(dim=8, depth=2, d_state=4, bimamba=bimamba, if_divide_out=divide)
+    mixer = BiMambaMixer(cfg).double()
+    h = torch.randn(2, 11, 8, dtype=torch.float64)
+    x, z = (h @ mixer.in_proj.weight.T).chunk(2, dim=-1)
+    r, n = cfg.rank, cfg.d_state
+    y = _direction(x, z, mixer.conv1d, mixer.x_proj, mixer.dt_proj, mixer.A_log, mixer.D, r, n)
+    if bimamba == "v2":
+        y_b = _direction(x.flip(1), z.flip(1), mixer.conv1d_b, mixer.x_proj_b, mixer.dt_proj_b, mixer.A_b_log,
+                         mixer.D_b, r, n).flip(1)
+        y = (y + y_b) / 2 if divide else y + y_b
+    elif bimamba == "v1":
+        # Fo-Bi: the forward conv output, flipped, scanned with A_b; everything else shared; no halving.
+        length = x.shape[1]
+        u = F.silu(mixer.conv1d(x.transpose(1, 2))[..., :length].transpose(1, 2))
+        dt, B, C = torch.split(u @ mixer.x_proj.weight.T, [r, n, n], dim=-1)
+        delta = dt @ mixer.dt_proj.weight.T
+        y_b = naive_selective_scan(u.flip(1), delta.flip(1), -torch.exp(mixer.A_b_log), B.flip(1), C.flip(1),
+                                   mixer.D, z.flip(1), mixer.dt_proj.bias, True).flip(1)
+        y = y + y_b
+    expected = y @ mixer.out_proj.weight.T
+    assert _rel(mixer(h), expected) <= 1e-10
+
+
+def test_reference_initialization():
+    torch.manual_seed(0)
+    cfg = MambaConfig(dim=64, depth=4, bimamba="v2")
+    backbone = MambaBackbone(cfg, grid=(4, 2), patch=(16, 16))
+    mixer = backbone.layers[0].mixer
+    dt = F.softplus(mixer.dt_proj.bias)
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    bound = cfg.rank**-0.5
+    assert mixer.dt_proj.weight.abs().max() <= bound
+    assert torch.equal(mixer.A_log, torch.log(torch.arange(1, 17.0)).repeat(128, 1))
+    assert torch.equal(mixer.A_b_log, mixer.A_log)
+    assert torch.equal(mixer.D, torch.ones(128)) and torch.equal(mixer.D_b, torch.ones(128))
+    assert mixer.in_proj.bias is None and mixer.out_proj.bias is None and mixer.x_proj.bias is None
+    assert torch.count_nonzero(mixer.dt_proj_b.bias) == 0  # Vim: plain Linear, bias zeroed by the model init
+    # out_proj: kaiming-uniform(a=√5) bound 1/√fan_in, divided by √depth
+    assert mixer.out_proj.weight.abs().max() <= 1 / math.sqrt(128) / math.sqrt(4)
+    assert mixer.out_proj.weight.abs().max() > 0.8 / math.sqrt(128) / math.sqrt(4)
+    mamba_b = MambaBackbone(MambaConfig(dim=64, depth=2, backward_dt_init="mamba"), grid=(4, 2), patch=(16, 16))
+    dt_b = F.softplus(mamba_b.layers[0].mixer.dt_proj_b.bias)
+    assert dt_b.max() <= 0.1 * 1.001
+
+
+# ----- published parameter counts (AuM's configuration) -----
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("dim,bimamba,expected", [(768, "v1", 92_107_535), (384, "v2", 25_539_215)])
+def test_parameter_count_matches_aum(dim, bimamba, expected):
+    """AuM: RMSNorm, learned pos embed for 512 patches + 1 cls, Conv2d(1, D, 16, 16) patch embed,
+    no mask embedding, plain Linear(D, 527) head with bias."""
+    config = EncoderConfig(
+        backbone="mamba", input_frames=1024, mask_embedding=False,
+        backbone_config=dict(dim=dim, depth=24, bimamba=bimamba, norm="rmsnorm", cls_position="middle"),
+    )
+    encoder = Encoder(config)
+    assert encoder.config.grid == (64, 8)
+    head = nn.Linear(encoder.dim, 527)
+    total = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters())
+    assert total == expected
+
+
+# ----- backbone and Encoder contract -----
+
+
+def _tiny_encoder(**overrides) -> Encoder:
+    bconf = dict(dim=32, depth=2, d_state=4) | overrides
+    return Encoder(EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=64, num_mel_bins=32))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"cls_position": "middle", "norm": "rmsnorm", "bimamba": "v1", "residual_in_fp32": True},
+        {"cls_position": "none", "bimamba": "none", "pos_embed": False},
+        {"layer_pairing": "sum"},
+        {"layer_pairing": "mean", "cls_position": "middle"},
+    ],
+)
+def test_encoder_forward_backward_with_and_without_mask(overrides):
+    torch.manual_seed(0)
+    encoder = _tiny_encoder(**overrides)
+    encoder.train()
+    n_cls = encoder.num_cls
+    for frames in (64, 96, 48):  # the config grid, longer (interpolated pos embed), shorter (cut)
+        fbank = torch.randn(2, frames, 32)
+        grid = encoder.grid_for(frames)
+        n = grid[0] * grid[1]
+        for mask in (None, torch.rand(2, n) < 0.5):
+            out = encoder(fbank, mask=mask, output_hidden_states=True)
+            assert out.patches.shape == (2, n, 32)
+            assert (out.cls is None) == (n_cls == 0)
+            if n_cls:
+                assert out.cls.shape == (2, n_cls, 32)
+            assert len(out.hidden_states) == 2 and all(h.shape == (2, n, 32) for h in out.hidden_states)
+            loss = out.patches.square().mean() + (out.cls.sum() if n_cls else 0)
+            loss.backward()
+            assert encoder.patch_embed.weight.grad is not None
+            if mask is not None:
+                assert encoder.mask_embed.grad is not None and encoder.mask_embed.grad.abs().sum() > 0
+            assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+            encoder.zero_grad()
+
+
+def test_masked_tokens_change_outputs_and_bidirectionality():
+    """Every output depends on tokens before and after it (bidirectional), and on the mask."""
+    torch.manual_seed(0)
+    encoder = _tiny_encoder(drop_path=0.0).eval()
+    fbank = torch.randn(1, 64, 32, requires_grad=True)
+    out = encoder(fbank)
+    middle = out.patches.shape[1] // 2
+    probe = torch.randn(32)  # not .sum(): a LayerNorm output sums to a constant
+    (grad,) = torch.autograd.grad(out.patches[0, middle] @ probe, fbank)
+    assert grad[0, :16].abs().sum() > 0 and grad[0, -16:].abs().sum() > 0
+    causal = _tiny_encoder(bimamba="none", cls_position="none", drop_path=0.0).eval()
+    out = causal(fbank)
+    (grad,) = torch.autograd.grad(out.patches[0, 0] @ probe, fbank)
+    assert grad[0, 16:].abs().sum() == 0  # a causal model's first token sees only the first patch row
+    mask = torch.zeros(1, out.patches.shape[1], dtype=torch.bool)
+    mask[0, 3] = True
+    with torch.no_grad():
+        assert not torch.allclose(encoder(fbank).patches, encoder(fbank, mask=mask).patches)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    encoder = _tiny_encoder(drop_path=0.0)
+    fbank = torch.randn(2, 64, 32)
+    probe = torch.randn(32)
+    params = [p for name, p in encoder.named_parameters() if name != "mask_embed"]  # unused without a mask
+    ref = torch.autograd.grad((encoder(fbank).patches @ probe).sum(), params)
+    encoder.set_gradient_checkpointing(True)
+    got = torch.autograd.grad((encoder(fbank).patches @ probe).sum(), params)
+    for g, r in zip(got, ref):
+        assert torch.allclose(g, r, rtol=1e-5, atol=1e-6)
+
+
+def test_from_pretrained_round_trip_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    encoder = _tiny_encoder(cls_position="middle", bimamba="v2").eval()
+    fbank = torch.randn(2, 64, 32)
+    mask = torch.rand(2, 8) < 0.5
+    encoder.save_pretrained(tmp_path / "export")
+    loaded = Encoder.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        a, b = encoder(fbank, mask=mask), loaded(fbank, mask=mask)
+    assert torch.equal(a.patches, b.patches) and torch.equal(a.cls, b.cls)
+    assert loaded.config.backbone_config == encoder.config.backbone_config
+
+
+def test_optimizer_hooks():
+    encoder = _tiny_encoder()
+    backbone = encoder.backbone
+    nwd = encoder.no_weight_decay()
+    assert {"backbone.pos_embed", "backbone.cls_token", "mask_embed"} <= nwd
+    assert "backbone.layers.0.mixer.A_log" in nwd and "backbone.layers.1.mixer.D_b" in nwd
+    assert "backbone.layers.0.mixer.in_proj.weight" not in nwd
+    assert backbone.layer_id("pos_embed") == 0 and backbone.layer_id("cls_token") == 0
+    assert backbone.layer_id("layers.0.mixer.in_proj.weight") == 1
+    assert backbone.layer_id("layers.1.norm.weight") == 2
+    assert backbone.layer_id("norm_f.weight") == 3
+    assert encoder.layer_id("patch_embed.weight") == 0
+
+
+def test_presets_and_config_errors():
+    cfg = make_backbone_config("mamba", "small", bimamba="v1")
+    assert (cfg.dim, cfg.depth, cfg.d_state, cfg.expand, cfg.d_conv, cfg.rank) == (384, 24, 16, 2, 4, 24)
+    assert make_backbone_config("mamba", "base").d_inner == 1536
+    assert make_backbone_config("mamba", "tiny").num_cls == 1
+    with pytest.raises(ValueError, match="bimamba='v3'"):
+        MambaConfig(bimamba="v3")
+    with pytest.raises(ValueError, match="cls_position"):
+        MambaConfig(cls_position="end")
+    with pytest.raises(ValueError, match="even depth"):
+        MambaConfig(depth=3, layer_pairing="sum")
+    with pytest.raises(ValueError, match="unknown mamba backbone option"):
+        make_backbone_config("mamba", "tiny", d_model=3)
+    backbone = MambaBackbone(MambaConfig(dim=16, depth=1, d_state=2), grid=(2, 2), patch=(16, 16))
+    with pytest.raises(ValueError, match="expected tokens"):
+        backbone(torch.randn(1, 5, 16), (2, 2))
