@@ -337,3 +337,17 @@ def test_presets_and_config_errors():
     backbone = MambaBackbone(MambaConfig(dim=16, depth=1, d_state=2), grid=(2, 2), patch=(16, 16))
     with pytest.raises(ValueError, match="expected tokens"):
         backbone(torch.randn(1, 5, 16), (2, 2))
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_ssamba_recipes_load_and_build_the_backbone_config(size):
+    from pathlib import Path
+
+    from pretrain.config import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "pretrain" / f"ssamba_{size}.toml")
+    cfg = make_backbone_config(recipe.model.backbone, recipe.model.preset, **recipe.model.backbone_config)
+    assert cfg.dim == {"tiny": 192, "small": 384, "base": 768}[size]
+    assert (cfg.bimamba, cfg.norm, cfg.cls_position, cfg.layer_pairing) == ("v2", "layernorm", "start", "sum")
+    assert (recipe.optim.name, recipe.optim.lr, recipe.optim.weight_decay) == ("adamw", 1e-4, 5e-8)
+    assert (recipe.masking.kind, recipe.masking.count, recipe.train.batch_size) == ("cluster", 300, 64)
