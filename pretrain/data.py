@@ -73,7 +73,7 @@ def _index_urls(index_path: Path) -> ShardSet:
         urls.append(name if "://" in name else str(base / name))
     return ShardSet(
         urls=urls,
-        num_samples=index.get("num_samples"),
+        num_samples=index.get("samples", index.get("num_samples")),
         vocabulary=index.get("vocabulary"),
         index=index,
         source=str(index_path),
@@ -228,7 +228,9 @@ class ShardStream(IterableDataset):
                     counters.corrupt_keys.append(f"{url}: {e}")
                     continue
                 with stream:
-                    files = tar_file_iterator(_tarfile(stream), handler=_count_error(counters, url))
+                    files = (
+                        f | {"__url__": url} for f in tar_file_iterator(stream, handler=_count_error(counters, url))
+                    )
                     yield from group_by_keys(files, handler=_count_error(counters, url))
             if self.mode == "eval":
                 return
@@ -356,12 +358,6 @@ class ShardStream(IterableDataset):
                 clips = []
         if clips and not self.drop_last:
             yield self._collate(clips, worker, counters)
-
-
-def _tarfile(stream):
-    import tarfile
-
-    return tarfile.open(fileobj=stream, mode="r|*")
 
 
 def _count_error(counters: SampleCounters, url: str):

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import Any
 
-from .data import ShardStream, make_loader, resolve_shards
+from .data import DataError, ShardStream, make_loader, resolve_shards
 from .features import FeatureConfig, RunningStats, fbank
 
 
@@ -30,5 +30,5 @@ def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 
             break
     print(file=sys.stderr)
     if clips == 0:
-        raise ValueError(f"{spec}: no readable clips")
-    return {"mean": stats.mean, "std": stats.std, "clips": clips, "frames": int(stats.count), "shards": shards.source}
+        raise DataError(f"{spec}: no readable clips")
+    return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source}
