@@ -507,9 +507,6 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ out dir state
 
-_ARTIFACT_GLOBS = ("*.tar", "*.tar.tmp", INDEX_FILE, INDEX_FILE + ".tmp", PLAN_FILE, PLAN_FILE + ".tmp")
-
-
 def _load_existing_plan(out: Path) -> dict[str, Any] | None:
     path = out / PLAN_FILE
     if not path.exists():
@@ -520,16 +517,24 @@ def _load_existing_plan(out: Path) -> dict[str, Any] | None:
         raise ShardError(f"{path}: unreadable shard plan ({err}); rerun with --overwrite") from None
 
 
-def _remove_artifacts(out: Path) -> None:
-    """``--overwrite``: remove what a previous run wrote (shards, plans, indexes), never other files."""
-    dirs = [out] + [d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    for d in dirs:
-        for pattern in _ARTIFACT_GLOBS:
-            for path in d.glob(pattern):
-                path.unlink()
-        shutil.rmtree(d / PROGRESS_DIR, ignore_errors=True)
-        if d != out and not any(d.iterdir()):
-            d.rmdir()
+def _remove_artifacts(out: Path, plan: dict[str, Any] | None) -> None:
+    """``--overwrite``: remove exactly what the previous run's plan says it wrote; never other files.
+
+    Without a readable plan nothing is deleted: the new run's files replace same-named ones as they land.
+    """
+    if plan is None:
+        return
+    for shard_set in plan.get("sets", []):
+        set_dir = out / shard_set["dir"]
+        for shard in shard_set["shards"]:
+            for path in (set_dir / shard["name"], set_dir / (shard["name"] + ".tmp")):
+                path.unlink(missing_ok=True)
+        (set_dir / INDEX_FILE).unlink(missing_ok=True)
+        shutil.rmtree(set_dir / PROGRESS_DIR, ignore_errors=True)
+        if set_dir != out and set_dir.is_dir() and not any(set_dir.iterdir()):
+            set_dir.rmdir()
+    (out / INDEX_FILE).unlink(missing_ok=True)
+    (out / PLAN_FILE).unlink(missing_ok=True)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -544,13 +549,14 @@ def _prepare_out(opts: ShardOptions) -> dict[str, Any] | None:
         raise ShardError(f"OUT is not a directory: {out}")
     if not out.exists():
         return None
-    plan = _load_existing_plan(out)
     params = opts.output_params()
-    if plan is not None and plan.get("args_hash") == _hash_json(params) and not opts.overwrite:
-        return plan
     if opts.overwrite:
-        _remove_artifacts(out)
+        with contextlib.suppress(ShardError):  # an unreadable plan is simply replaced
+            _remove_artifacts(out, _load_existing_plan(out))
         return None
+    plan = _load_existing_plan(out)
+    if plan is not None and plan.get("args_hash") == _hash_json(params):
+        return plan
     if plan is not None:
         raise ShardError(
             f"{out} holds shards made with different arguments ({_differences(plan.get('params', {}), params)}); "

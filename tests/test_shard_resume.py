@@ -132,10 +132,12 @@ def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_pat
     opts = ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
     shard_corpus(opts)
     (out / "notes.txt").write_text("mine")
+    (out / "mine.tar").write_bytes(b"not a shard of ours")
+    old_train = sorted((out / "train").glob("*.tar"))
     changed = ShardOptions(src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, progress=False)
     with pytest.raises(ShardError, match=r"samples_per_shard: 2 -> 5.*seed: 0 -> 3|seed.*--overwrite"):
         shard_corpus(changed)
-    assert _outputs(out) == _outputs(reference)  # untouched
+    assert {k: v for k, v in _outputs(out).items() if k != "mine.tar"} == _outputs(reference)  # untouched
 
     summary = shard_corpus(
         ShardOptions(src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, overwrite=True, progress=False)
@@ -144,7 +146,9 @@ def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_pat
     index = json.loads((out / "train" / "index.json").read_text())
     assert index["params"]["seed"] == 3 and index["params"]["samples_per_shard"] == 5
     assert sorted(p.name for p in (out / "train").glob("*.tar")) == [s["name"] for s in index["shards"]]
-    assert (out / "notes.txt").read_text() == "mine"  # --overwrite removes only what sharding wrote
+    # --overwrite removes only what the previous plan wrote
+    assert (out / "notes.txt").read_text() == "mine" and (out / "mine.tar").exists()
+    assert len(old_train) > len(index["shards"])  # the old plan's extra shards are gone (listing above)
 
     foreign = tmp_path / "foreign"
     foreign.mkdir()
