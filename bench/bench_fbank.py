@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"batch {batch:3d}: ours {row['ours_med']:.2f} ms/clip (min {row['ours_min']:.2f}), "
             f"torchaudio kaldi {row['ref_med']:.2f} ms/clip (min {row['ref_min']:.2f}), "
-            f"ratio {row['ratio_med']:.2f}x (of mins {row['ratio_min']:.2f}x), max |err| {row['max_err']:.1e}",
+            f"ratio {row['ratio_med']:.2f}x (of mins {row['ratio_min']:.2f}x), "
+            f"max |err| {row['max_err']:.1e}",
             flush=True,
         )
     if args.append:

@@ -103,7 +103,7 @@ class FeatureConfig:
         if self.use_energy:
             problems.append("use_energy=True is not supported (SSAST uses False)")
         if self.dither != 0.0:
-            problems.append(f"dither={self.dither} is not supported (SSAST uses 0.0; features must be deterministic)")
+            problems.append(f"dither={self.dither} is not supported (SSAST uses 0.0: deterministic features)")
         if not 0.0 <= self.preemphasis_coefficient <= 1.0:
             problems.append(f"preemphasis_coefficient={self.preemphasis_coefficient} must be in [0, 1]")
         if not (0.0 <= self.low_freq < nyquist and 0.0 < high <= nyquist and self.low_freq < high):

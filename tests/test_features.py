@@ -244,7 +244,7 @@ def test_normalize():
 
 def _ramp(batch: int, frames: int, bins: int, num_frames: list[int]) -> torch.Tensor:
     """Frame t of clip b holds 1000 * b + t + 1 (never 0), padding frames are 0."""
-    x = (torch.arange(frames, dtype=torch.float32)[None, :, None] + 1 + 1000 * torch.arange(batch)[:, None, None])
+    x = torch.arange(frames, dtype=torch.float32)[None, :, None] + 1 + 1000 * torch.arange(batch)[:, None, None]
     x = x.expand(batch, frames, bins).clone()
     x[torch.arange(frames) >= torch.tensor(num_frames)[:, None]] = 0
     return x
@@ -296,7 +296,8 @@ def test_running_stats_match_numpy_and_merge():
     x = torch.randn(6, 30, 8, generator=g) * 3 - 4
     num_frames = torch.tensor([30, 0, 12, 30, 5, 29])
     x[torch.arange(30) >= num_frames[:, None]] = 0.0  # padding, which must not count
-    real = np.concatenate([x[i, :n].numpy().ravel() for i, n in enumerate(num_frames.tolist())]).astype(np.float64)
+    real = np.concatenate([x[i, :n].numpy().ravel() for i, n in enumerate(num_frames.tolist())])
+    real = real.astype(np.float64)
 
     whole = RunningStats().update(x, num_frames)
     assert whole.count == real.size
