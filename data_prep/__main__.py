@@ -7,6 +7,7 @@ Errors the user can fix (bad options, missing paths, unusable corpora, corrupt s
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -145,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("shards", metavar="SHARDS",
                          help="a shard folder (with index.json), an index.json, a .tar, or a brace pattern "
                          "such as 'out/data-{000000..000009}.tar'")
+    inspect.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                         help="processes decoding shards in parallel (default: one per available core)")
     return parser
 
 
@@ -188,7 +191,7 @@ def _run_inspect(args: argparse.Namespace) -> None:
     from data_prep import inspect_shards
 
     try:
-        report = inspect_shards.inspect(args.shards)
+        report = inspect_shards.inspect(args.shards, workers=args.workers)
     except inspect_shards.InspectError as err:
         fail(str(err))
     print(report.text())
@@ -203,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         {"shard": _run_shard, "synth": _run_synth, "inspect": _run_inspect}[args.command](args)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+    except BrokenPipeError:  # output piped into e.g. `head`, which exited: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
 
 
 if __name__ == "__main__":

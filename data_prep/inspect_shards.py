@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing as mp
+import os
+import sys
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +129,9 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
     return problems
 
 
-def check_shard(path: Path, report: SetReport) -> tuple[int, float, list[str]]:
-    """Decode-check one tar; add its good samples to ``report``; return (samples, seconds, problems)."""
-    before_samples, before_seconds = report.samples, report.seconds
+def check_shard(path: Path) -> tuple[SetReport, list[str]]:
+    """Decode-check one tar: its good samples (as a one-shard report) and its problems."""
+    report = SetReport(name=path.name, shards=1)
     problems: list[str] = []
     seen: set[str] = set()
     current_key: str | None = None
@@ -161,7 +165,17 @@ def check_shard(path: Path, report: SetReport) -> tuple[int, float, list[str]]:
             finish()
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"shard {path.name}: cannot read tar: {err}")
-    return report.samples - before_samples, report.seconds - before_seconds, problems
+    return report, problems
+
+
+def _check_all(tars: list[Path], workers: int) -> Iterator[tuple[SetReport, list[str]]]:
+    """``check_shard`` over ``tars`` in order, in a process pool when ``workers > 1``."""
+    if workers <= 1 or len(tars) <= 1:
+        yield from map(check_shard, tars)
+        return
+    ctx = mp.get_context("fork" if sys.platform == "linux" else None)
+    with ctx.Pool(min(workers, len(tars))) as pool:
+        yield from pool.imap(check_shard, tars)
 
 
 def _load_index(path: Path) -> dict[str, Any]:
@@ -171,7 +185,9 @@ def _load_index(path: Path) -> dict[str, Any]:
         raise InspectError(f"{path}: unreadable index ({err})") from None
 
 
-def _inspect_set(name: str, tars: list[Path], index: dict[str, Any] | None, complete: bool) -> tuple[SetReport, list[str]]:
+def _inspect_set(
+    name: str, tars: list[Path], index: dict[str, Any] | None, complete: bool, workers: int = 1
+) -> tuple[SetReport, list[str]]:
     """Check ``tars``; compare with ``index`` (``complete``: every shard the index lists must be there)."""
     report = SetReport(name=name, shards=len(tars), index_checked=index is not None)
     problems: list[str] = []
@@ -179,8 +195,12 @@ def _inspect_set(name: str, tars: list[Path], index: dict[str, Any] | None, comp
     if index is not None and complete:
         present = {t.name for t in tars}
         problems += [f"shard {n}: listed in index.json but missing" for n in listed if n not in present]
-    for tar in tars:
-        samples, seconds, shard_problems = check_shard(tar, report)
+    for tar, (part, shard_problems) in zip(tars, _check_all(tars, workers)):
+        samples, seconds = part.samples, part.seconds
+        report.samples += samples
+        report.seconds += seconds
+        report.durations += part.durations
+        report.labels.update(part.labels)
         problems += shard_problems
         if index is None:
             continue
@@ -199,17 +219,22 @@ def _inspect_set(name: str, tars: list[Path], index: dict[str, Any] | None, comp
     return report, problems
 
 
-def _set_from_dir(name: str, directory: Path) -> tuple[SetReport, list[str]]:
+def _set_from_dir(name: str, directory: Path, workers: int) -> tuple[SetReport, list[str]]:
     index_path = directory / INDEX_FILE
     if not index_path.exists():
         raise InspectError(f"no {INDEX_FILE} in {directory}")
     index = _load_index(index_path)
     tars = sorted(p for p in directory.glob("*.tar"))
-    return _inspect_set(name, tars, index, complete=True)
+    return _inspect_set(name, tars, index, complete=True, workers=workers)
 
 
-def inspect(target: str | Path) -> InspectReport:
-    """Inspect SHARDS: a folder with index.json, an index.json, a .tar, or a brace pattern of tars."""
+def inspect(target: str | Path, workers: int | None = None) -> InspectReport:
+    """Inspect SHARDS: a folder with index.json, an index.json, a .tar, or a brace pattern of tars.
+
+    ``workers``: processes decoding shards in parallel (default: one per available core).
+    """
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     path = Path(target)
     if path.is_file() and path.name.endswith(".json"):
         path = path.parent
@@ -222,9 +247,9 @@ def inspect(target: str | Path) -> InspectReport:
         if "splits" in index:
             order = {"train": 0, "valid": 1, "test": 2}
             for split, entry in sorted(index["splits"].items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
-                results.append(_set_from_dir(split, path / Path(entry["index"]).parent))
+                results.append(_set_from_dir(split, path / Path(entry["index"]).parent, workers))
         else:
-            results.append(_set_from_dir(index.get("split") or path.name, path))
+            results.append(_set_from_dir(index.get("split") or path.name, path, workers))
     else:
         tars = [Path(p) for p in braceexpand.braceexpand(str(target))]
         missing = [str(t) for t in tars if not t.is_file()]
@@ -234,5 +259,5 @@ def inspect(target: str | Path) -> InspectReport:
         index = None
         if len(parents) == 1 and (next(iter(parents)) / INDEX_FILE).exists():
             index = _load_index(next(iter(parents)) / INDEX_FILE)
-        results.append(_inspect_set(str(target), tars, index, complete=False))
+        results.append(_inspect_set(str(target), tars, index, complete=False, workers=workers))
     return InspectReport(sets=[r for r, _ in results], problems=[p for _, ps in results for p in ps])
