@@ -244,7 +244,8 @@ def test_normalize():
 
 def _ramp(batch: int, frames: int, bins: int, num_frames: list[int]) -> torch.Tensor:
     """Frame t of clip b holds 1000 * b + t + 1 (never 0), padding frames are 0."""
-    x = torch.arange(frames, dtype=torch.float32)[None, :, None] + 1 + 1000 * torch.arange(batch)[:, None, None]
+    x = torch.arange(frames, dtype=torch.float32)[None, :, None] + 1
+    x = x + 1000 * torch.arange(batch)[:, None, None]
     x = x.expand(batch, frames, bins).clone()
     x[torch.arange(frames) >= torch.tensor(num_frames)[:, None]] = 0
     return x
