@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -33,16 +34,22 @@ def _corpus(root: Path, clips: int) -> Path:
     return src
 
 
-def _run(src: Path, out: Path, workers: int) -> tuple[float, float]:
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers, once joined)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _run(src: Path, out: Path, workers: int) -> tuple[float, float, float]:
     shutil.rmtree(out, ignore_errors=True)
     # Fair to the pool, whose fresh workers build their resampling kernels: the in-process 1-worker run
     # must not reuse the kernels cached by its previous run.
     audio._resamplers.clear()
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(), time.perf_counter()
     summary = shard_corpus(ShardOptions(src=src, out=out, workers=workers, samples_per_shard=1000, progress=False))
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     shutil.rmtree(out, ignore_errors=True)
-    return summary.seconds, elapsed
+    return summary.seconds, elapsed, cpu
 
 
 def main() -> None:
@@ -56,14 +63,16 @@ def main() -> None:
     src = _corpus(args.workdir, args.clips)
     load_before = os.getloadavg()
     rates: dict[int, list[float]] = {1: [], 2: []}
+    cores: dict[int, list[float]] = {1: [], 2: []}
     audio_s = 0.0
     _run(src, args.workdir / "out", 2)  # warm-up: page cache, resampler kernels, imports
     for repeat in range(args.repeats):
         for workers in (1, 2):
-            audio_s, elapsed = _run(src, args.workdir / "out", workers)
+            audio_s, elapsed, cpu = _run(src, args.workdir / "out", workers)
             rates[workers].append(audio_s / elapsed)
+            cores[workers].append(cpu / elapsed)
             print(f"run {repeat + 1}/{args.repeats} workers={workers}: {elapsed:.2f} s, "
-                  f"{audio_s / elapsed:.1f} s of audio/s", file=sys.stderr, flush=True)
+                  f"{audio_s / elapsed:.1f} s of audio/s, {cpu / elapsed:.2f} cores busy", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
     median = {w: statistics.median(r) for w, r in rates.items()}
     ratio = median[2] / median[1]
@@ -84,9 +93,13 @@ def main() -> None:
         f"{args.repeats} per setting. Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after (shared with other jobs).",
         "",
-        "| workers | runs (s of audio / s) | median (s of audio / s) |",
-        "|---|---|---|",
-        *[f"| {w} | {', '.join(f'{r:.1f}' for r in rates[w])} | {median[w]:.1f} |" for w in (1, 2)],
+        "| workers | runs (s of audio / s) | median (s of audio / s) | cores busy (CPU time / wall, median) |",
+        "|---|---|---|---|",
+        *[
+            f"| {w} | {', '.join(f'{r:.1f}' for r in rates[w])} | {median[w]:.1f} | "
+            f"{statistics.median(cores[w]):.2f} |"
+            for w in (1, 2)
+        ],
         "",
         f"**2-worker / 1-worker ratio: {ratio:.2f}** (medians; target >= 1.5); ratio of the best runs: "
         f"{ratio_best:.2f}.",
