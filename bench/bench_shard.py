@@ -46,14 +46,18 @@ def _run(src: Path, out: Path, workers: int) -> tuple[float, float, float]:
     # must not reuse the kernels cached by its previous run.
     audio._resamplers.clear()
     cpu, start = _cpu_seconds(), time.perf_counter()
-    summary = shard_corpus(ShardOptions(src=src, out=out, workers=workers, samples_per_shard=1000, progress=False))
+    summary = shard_corpus(
+        ShardOptions(src=src, out=out, workers=workers, samples_per_shard=1000, progress=False)
+    )
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     shutil.rmtree(out, ignore_errors=True)
     return summary.seconds, elapsed, cpu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (interleaved)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bench_shard")
@@ -71,8 +75,12 @@ def main() -> None:
             audio_s, elapsed, cpu = _run(src, args.workdir / "out", workers)
             rates[workers].append(audio_s / elapsed)
             cores[workers].append(cpu / elapsed)
-            print(f"run {repeat + 1}/{args.repeats} workers={workers}: {elapsed:.2f} s, "
-                  f"{audio_s / elapsed:.1f} s of audio/s, {cpu / elapsed:.2f} cores busy", file=sys.stderr, flush=True)
+            print(
+                f"run {repeat + 1}/{args.repeats} workers={workers}: {elapsed:.2f} s, "
+                f"{audio_s / elapsed:.1f} s of audio/s, {cpu / elapsed:.2f} cores busy",
+                file=sys.stderr,
+                flush=True,
+            )
     load_after = os.getloadavg()
     median = {w: statistics.median(r) for w, r in rates.items()}
     ratio = median[2] / median[1]
@@ -90,10 +98,12 @@ def main() -> None:
         f"Corpus: `data_prep synth --clips {args.clips} --seed 0` ({audio_s / 3600:.3f} h of wav/flac/ogg at "
         "16/22.05/44.1 kHz); one run = the whole `shard` (scan, probe, plan, decode, resample to 16 kHz, "
         "FLAC encode, tar, index); one torch thread per worker; runs interleaved 1,2,1,2,...; median of "
-        f"{args.repeats} per setting. Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{args.repeats} per setting. Machine: {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}), "
         f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after (shared with other jobs).",
         "",
-        "| workers | runs (s of audio / s) | median (s of audio / s) | cores busy (CPU time / wall, median) |",
+        "| workers | runs (s of audio / s) | median (s of audio / s) "
+        "| cores busy (CPU time / wall, median) |",
         "|---|---|---|---|",
         *[
             f"| {w} | {', '.join(f'{r:.1f}' for r in rates[w])} | {median[w]:.1f} | "
@@ -107,7 +117,12 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    print(json.dumps({"median": median, "ratio": ratio, "ratio_best": ratio_best, "load": [load_before, load_after]}), file=sys.stderr)
+    print(
+        json.dumps(
+            {"median": median, "ratio": ratio, "ratio_best": ratio_best, "load": [load_before, load_after]}
+        ),
+        file=sys.stderr,
+    )
     if args.append:
         with open(args.append, "a", encoding="utf-8") as fh:  # one write: others append to this file too
             fh.write(text)

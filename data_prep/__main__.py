@@ -100,28 +100,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("src", metavar="SRC", type=Path, help="corpus folder (or manifest file)")
     shard.add_argument("out", metavar="OUT", type=Path, help="output folder for the shards")
-    shard.add_argument("--layout", default="auto", choices=sources.LAYOUTS,
-                       help="corpus layout (default: auto-detect)")
-    shard.add_argument("--clip-seconds", type=_float(0, False), default=None, metavar="S",
-                       help="cut files into clips of S seconds (default: one sample per file)")
-    shard.add_argument("--min-seconds", type=_float(0, True), default=shards.DEFAULT_MIN_SECONDS, metavar="S",
-                       help="drop tails and skip files shorter than S seconds (default: %(default)s)")
-    shard.add_argument("--samples-per-shard", type=_positive_int, default=shards.DEFAULT_SAMPLES_PER_SHARD,
-                       metavar="N", help="at most N samples per shard (default: %(default)s)")
-    shard.add_argument("--max-shard-mb", type=_float(0, False), default=shards.DEFAULT_MAX_SHARD_MB,
-                       metavar="MB", help="at most MB megabytes (MiB) per shard, estimated from the raw "
-                       "PCM16 size, an upper bound of the FLAC size (default: %(default)s)")
-    shard.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                       help="worker processes, one thread each (default: one per available core)")
-    shard.add_argument("--seed", type=_int, default=0,
-                       help="seed of the shuffle across shards (default: %(default)s)")
-    shard.add_argument("--name", default=None,
-                       help="shard name prefix (default: the split name, or 'data' for unsplit corpora)")
-    shard.add_argument("--folder-labels", action="store_true",
-                       help="folder layout: label each file with its parent folder's name")
-    shard.add_argument("--strict", action="store_true", help="fail on any skipped input instead of listing it")
-    shard.add_argument("--overwrite", action="store_true",
-                       help="replace shards in OUT made with other arguments (other files are kept)")
+    shard.add_argument(
+        "--layout", default="auto", choices=sources.LAYOUTS, help="corpus layout (default: auto-detect)"
+    )
+    shard.add_argument(
+        "--clip-seconds",
+        type=_float(0, False),
+        default=None,
+        metavar="S",
+        help="cut files into clips of S seconds (default: one sample per file)",
+    )
+    shard.add_argument(
+        "--min-seconds",
+        type=_float(0, True),
+        default=shards.DEFAULT_MIN_SECONDS,
+        metavar="S",
+        help="drop tails and skip files shorter than S seconds (default: %(default)s)",
+    )
+    shard.add_argument(
+        "--samples-per-shard",
+        type=_positive_int,
+        default=shards.DEFAULT_SAMPLES_PER_SHARD,
+        metavar="N",
+        help="at most N samples per shard (default: %(default)s)",
+    )
+    shard.add_argument(
+        "--max-shard-mb",
+        type=_float(0, False),
+        default=shards.DEFAULT_MAX_SHARD_MB,
+        metavar="MB",
+        help="at most MB megabytes (MiB) per shard, estimated from the raw "
+        "PCM16 size, an upper bound of the FLAC size (default: %(default)s)",
+    )
+    shard.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes, one thread each (default: one per available core)",
+    )
+    shard.add_argument(
+        "--seed", type=_int, default=0, help="seed of the shuffle across shards (default: %(default)s)"
+    )
+    shard.add_argument(
+        "--name",
+        default=None,
+        help="shard name prefix (default: the split name, or 'data' for unsplit corpora)",
+    )
+    shard.add_argument(
+        "--folder-labels",
+        action="store_true",
+        help="folder layout: label each file with its parent folder's name",
+    )
+    shard.add_argument(
+        "--strict", action="store_true", help="fail on any skipped input instead of listing it"
+    )
+    shard.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace shards in OUT made with other arguments (other files are kept)",
+    )
     shard.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     synth = sub.add_parser(
@@ -131,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
         "of wav/flac/ogg at 16/22.05/44.1 kHz plus manifest.csv (path, labels, split).",
     )
     synth.add_argument("out", metavar="OUT", type=Path, help="output folder")
-    synth.add_argument("--clips", type=_positive_int, default=400, metavar="N",
-                       help="number of clips (default: %(default)s)")
+    synth.add_argument(
+        "--clips", type=_positive_int, default=400, metavar="N", help="number of clips (default: %(default)s)"
+    )
     synth.add_argument("--seed", type=_int, default=0, help="random seed (default: %(default)s)")
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
@@ -143,11 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
         "decode every member: each flac must decode to 16 kHz mono, each json must parse, keys must "
         "pair up and counts must match index.json. Exit status 1 on any problem, naming shard and key.",
     )
-    inspect.add_argument("shards", metavar="SHARDS",
-                         help="a shard folder (with index.json), an index.json, a .tar, or a brace pattern "
-                         "such as 'out/data-{000000..000009}.tar'")
-    inspect.add_argument("--workers", type=_positive_int, default=None, metavar="N",
-                         help="processes decoding shards in parallel (default: one per available core)")
+    inspect.add_argument(
+        "shards",
+        metavar="SHARDS",
+        help="a shard folder (with index.json), an index.json, a .tar, or a brace pattern "
+        "such as 'out/data-{000000..000009}.tar'",
+    )
+    inspect.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="processes decoding shards in parallel (default: one per available core)",
+    )
     return parser
 
 
@@ -196,8 +243,11 @@ def _run_inspect(args: argparse.Namespace) -> None:
         fail(str(err))
     print(report.text())
     if report.problems:
-        fail(f"{len(report.problems)} problems found: " + "; ".join(report.problems[:5])
-             + (" ..." if len(report.problems) > 5 else ""))
+        fail(
+            f"{len(report.problems)} problems found: "
+            + "; ".join(report.problems[:5])
+            + (" ..." if len(report.problems) > 5 else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

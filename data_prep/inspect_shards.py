@@ -61,7 +61,9 @@ class InspectReport:
         lines = []
         for s in self.sets:
             check = "counts match index.json" if s.index_checked else "no index.json compared"
-            lines.append(f"{s.name}: {s.shards} shards, {s.samples} samples, {s.seconds / 3600:.4f} h ({check})")
+            lines.append(
+                f"{s.name}: {s.shards} shards, {s.samples} samples, {s.seconds / 3600:.4f} h ({check})"
+            )
             lines.append("  durations: " + _duration_histogram(s.durations))
             if s.labels:
                 width = max(s.labels.values())
@@ -139,7 +141,10 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
 
     def finish() -> None:
         if current_key is not None:
-            problems.extend(f"shard {path.name}: key {current_key}: {p}" for p in _check_sample(current_key, current, report))
+            problems.extend(
+                f"shard {path.name}: key {current_key}: {p}"
+                for p in _check_sample(current_key, current, report)
+            )
 
     try:
         with tarfile.open(path, "r:") as tar:
@@ -208,7 +213,8 @@ def _inspect_set(
         if entry is None:
             problems.append(f"shard {tar.name}: not listed in index.json")
         elif not shard_problems and (
-            entry["samples"] != samples or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)
+            entry["samples"] != samples
+            or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)
         ):
             problems.append(
                 f"shard {tar.name}: holds {samples} samples / {seconds:.3f} s, "
@@ -242,7 +248,9 @@ def inspect(target: str | Path, workers: int | None = None) -> InspectReport:
     if path.is_dir():
         index_path = path / INDEX_FILE
         if not index_path.exists():
-            raise InspectError(f"no {INDEX_FILE} in {path} (give a .tar or a brace pattern to check tars alone)")
+            raise InspectError(
+                f"no {INDEX_FILE} in {path} (give a .tar or a brace pattern to check tars alone)"
+            )
         index = _load_index(index_path)
         if "splits" in index:
             order = {"train": 0, "valid": 1, "test": 2}

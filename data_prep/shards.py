@@ -199,7 +199,12 @@ class Progress:
     """
 
     def __init__(
-        self, phase: str, total_files: int, total_seconds: float | None, enabled: bool, stream: TextIO | None = None
+        self,
+        phase: str,
+        total_files: int,
+        total_seconds: float | None,
+        enabled: bool,
+        stream: TextIO | None = None,
     ) -> None:
         self.phase, self.total_files, self.total_seconds = phase, total_files, total_seconds
         self.stream = stream or sys.stderr
@@ -223,7 +228,9 @@ class Progress:
         text = f"{self.phase}: {self.files}/{self.total_files} files, {rate:.1f} files/s"
         if self.total_seconds:
             text += f", {self.seconds / 3600:.3f}/{self.total_seconds / 3600:.3f} h audio"
-            remaining = (self.total_seconds - self.seconds) / (self.seconds / elapsed) if self.seconds else None
+            remaining = (
+                (self.total_seconds - self.seconds) / (self.seconds / elapsed) if self.seconds else None
+            )
         else:
             remaining = (self.total_files - self.files) / rate if rate else None
         if final:
@@ -279,7 +286,9 @@ def probe_file(path: str) -> tuple[float, int, int] | str:
 def render_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, float] | str:
     """Decode, resample and FLAC-encode one planned sample: ``(flac, json, seconds)`` or the skip reason."""
     try:
-        wave, orig_sr = audio.load_audio(sample["path"], audio.TARGET_SR, sample["offset_s"], sample["read_s"])
+        wave, orig_sr = audio.load_audio(
+            sample["path"], audio.TARGET_SR, sample["offset_s"], sample["read_s"]
+        )
         flac = audio.encode_flac(wave, audio.TARGET_SR)
     except audio.AudioError as err:
         return str(err) or "unreadable audio"
@@ -309,7 +318,9 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def write_shard(
-    task: dict[str, Any], rendered: Iterator[tuple[bytes, bytes, float] | str], report: Callable[[int, float], None]
+    task: dict[str, Any],
+    rendered: Iterator[tuple[bytes, bytes, float] | str],
+    report: Callable[[int, float], None],
 ) -> dict[str, Any]:
     """Write one planned shard from its rendered samples (in plan order), atomically.
 
@@ -421,7 +432,8 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
     scanned = _scan(opts)
     items = sorted(scanned.items, key=lambda item: item.rel)
     skipped: list[dict[str, Any]] = [
-        {"source": str(src), "reason": str(reason), "stage": "scan", "split": None} for src, reason in scanned.skipped
+        {"source": str(src), "reason": str(reason), "stage": "scan", "split": None}
+        for src, reason in scanned.skipped
     ]
     progress = Progress("probe", len(items), None, opts.progress)
     infos = []
@@ -507,6 +519,7 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------ out dir state
 
+
 def _load_existing_plan(out: Path) -> dict[str, Any] | None:
     path = out / PLAN_FILE
     if not path.exists():
@@ -559,11 +572,14 @@ def _prepare_out(opts: ShardOptions) -> dict[str, Any] | None:
         return plan
     if plan is not None:
         raise ShardError(
-            f"{out} holds shards made with different arguments ({_differences(plan.get('params', {}), params)}); "
+            f"{out} holds shards made with different arguments "
+            f"({_differences(plan.get('params', {}), params)}); "
             "rerun with the same arguments to resume, or add --overwrite, or choose another OUT"
         )
     if any(out.iterdir()):
-        raise ShardError(f"OUT is not empty and holds no shard plan: {out}; add --overwrite or choose another OUT")
+        raise ShardError(
+            f"OUT is not empty and holds no shard plan: {out}; add --overwrite or choose another OUT"
+        )
     return None
 
 
@@ -632,7 +648,10 @@ def _write_indexes(out: Path, plan: dict[str, Any], results: dict[str, dict[str,
         seconds = round(sum(s["seconds"] for s in shards), 6)
         index = {
             "format": "webdataset",
-            "members": {"flac": "16 kHz mono PCM_16", "json": "source, offset_s, duration_s, orig_sr, labels, split, fold"},
+            "members": {
+                "flac": "16 kHz mono PCM_16",
+                "json": "source, offset_s, duration_s, orig_sr, labels, split, fold",
+            },
             "split": shard_set["split"],
             "shards": shards,
             "samples": samples,
@@ -746,5 +765,7 @@ def shard_corpus(opts: ShardOptions) -> ShardSummary:
     if summary.samples == 0:
         raise ShardError(f"no usable audio in {opts.src}: {_skip_summary(summary.skipped)}")
     if opts.strict and summary.skipped:
-        raise ShardError(f"--strict: {len(summary.skipped)} inputs cannot be used: {_skip_summary(summary.skipped)}")
+        raise ShardError(
+            f"--strict: {len(summary.skipped)} inputs cannot be used: {_skip_summary(summary.skipped)}"
+        )
     return summary

@@ -133,7 +133,9 @@ def test_same_seed_same_shards_whatever_the_workers(corpus, sharded, tmp_path):
     for tar in sorted(one.rglob("*.tar")):
         assert tar.read_bytes() == (sharded / tar.relative_to(one)).read_bytes(), tar
     other_seed = tmp_path / "seed1"
-    shard_corpus(ShardOptions(src=corpus, out=other_seed, samples_per_shard=3, seed=1, workers=1, progress=False))
+    shard_corpus(
+        ShardOptions(src=corpus, out=other_seed, samples_per_shard=3, seed=1, workers=1, progress=False)
+    )
     assert _shard_keys(other_seed) != _shard_keys(one)
     assert sorted(k for v in _shard_keys(other_seed).values() for k in v) == sorted(
         k for v in _shard_keys(one).values() for k in v
@@ -144,8 +146,16 @@ def test_same_seed_same_shards_whatever_the_workers(corpus, sharded, tmp_path):
 def test_clip_seconds_segments_and_max_shard_mb(corpus, tmp_path):
     out = tmp_path / "seg"
     summary = shard_corpus(
-        ShardOptions(src=corpus, out=out, layout="folder", clip_seconds=2.0, min_seconds=0.5,
-                     max_shard_mb=0.25, workers=2, progress=False)
+        ShardOptions(
+            src=corpus,
+            out=out,
+            layout="folder",
+            clip_seconds=2.0,
+            min_seconds=0.5,
+            max_shard_mb=0.25,
+            workers=2,
+            progress=False,
+        )
     )
     index = json.loads((out / "index.json").read_text())
     assert index["split"] is None and summary.splits == []
@@ -213,7 +223,9 @@ def test_bad_inputs_are_skipped_listed_and_counted(corpus, tmp_path, capsys):
     assert "zero-length" in reasons["zero.wav"]
     assert "NaN" in reasons["nan.wav"]
     stages = {Path(s["source"]).name: s["stage"] for s in index["skipped"]}
-    assert stages["missing.wav"] == "scan" and stages["empty.wav"] == "probe" and stages["nan.wav"] == "decode"
+    assert (
+        stages["missing.wav"] == "scan" and stages["empty.wav"] == "probe" and stages["nan.wav"] == "decode"
+    )
     assert index["samples"] == 4 and "bad" not in index["label_counts"]
 
     code, _, stderr = _run_cli(["shard", str(src), str(tmp_path / "strict"), "--strict", "-q"], capsys)
@@ -235,7 +247,9 @@ def test_cli_errors_are_clear(corpus, tmp_path, capsys):
     assert code == 1 and str(missing) in stderr and stderr.startswith("error:")
     code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--layout", "nosuch"], capsys)
     assert code == 2 and "nosuch" in stderr
-    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--samples-per-shard", "0"], capsys)
+    code, _, stderr = _run_cli(
+        ["shard", str(corpus), str(tmp_path / "o"), "--samples-per-shard", "0"], capsys
+    )
     assert code == 2 and "'0'" in stderr
     code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "o"), "--layout", "esc50"], capsys)
     assert code == 1 and "esc50" in stderr and "Traceback" not in stderr
@@ -244,7 +258,10 @@ def test_cli_errors_are_clear(corpus, tmp_path, capsys):
     # A real process too: status, one clear line, no traceback.
     proc = subprocess.run(
         [sys.executable, "-m", "data_prep", "shard", str(missing), str(tmp_path / "o")],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 1 and str(missing) in proc.stderr and "Traceback" not in proc.stderr
 

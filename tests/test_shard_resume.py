@@ -65,8 +65,19 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(sys.platform != "linux", reason="uses /proc and SIGKILL semantics of Linux")
 def test_sigkill_then_rerun_gives_the_uninterrupted_result(corpus, reference, tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "data_prep", "shard", str(corpus), str(out),
-           "--samples-per-shard", str(PER_SHARD), "--workers", "2", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep",
+        "shard",
+        str(corpus),
+        str(out),
+        "--samples-per-shard",
+        str(PER_SHARD),
+        "--workers",
+        "2",
+        "-q",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
@@ -140,7 +151,9 @@ def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_pat
     assert {k: v for k, v in _outputs(out).items() if k != "mine.tar"} == _outputs(reference)  # untouched
 
     summary = shard_corpus(
-        ShardOptions(src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, overwrite=True, progress=False)
+        ShardOptions(
+            src=corpus, out=out, samples_per_shard=5, seed=3, workers=1, overwrite=True, progress=False
+        )
     )
     assert summary.samples == CLIPS
     index = json.loads((out / "train" / "index.json").read_text())
