@@ -300,3 +300,43 @@ def test_sample_keys_are_stable_dot_free_and_unique():
     assert "." not in shards.sample_key("..." + "é" * 200 + ".wav", 0)
     long = shards.sample_key("d/" + "x" * 300 + ".wav", 0)
     assert len(long) < 90  # fits a ustar member name with its extension
+
+
+@pytest.mark.timeout(60)
+def test_esc50_layout_keeps_folds_and_the_label_file_errors_are_clear(tmp_path, capsys):
+    root = tmp_path / "ESC-50"
+    (root / "audio").mkdir(parents=True)
+    (root / "meta").mkdir()
+    rows = [
+        ("1-100-A-0.wav", 1, 0, "dog"),
+        ("2-200-A-1.wav", 2, 1, "rooster"),
+        ("3-300-A-0.wav", 3, 0, "dog"),
+    ]
+    t = np.arange(44100 * 2) / 44100
+    for i, (name, *_rest) in enumerate(rows):
+        sf.write(
+            root / "audio" / name, (0.3 * np.sin(2 * np.pi * 300 * (i + 1) * t)).astype(np.float32), 44100
+        )
+    with open(root / "meta" / "esc50.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
+        writer.writerows([(n, f, tgt, c, "True", n.split("-")[1], "A") for n, f, tgt, c in rows])
+    out = tmp_path / "out"
+    code, stdout, stderr = _run_cli(
+        ["shard", str(root), str(out), "--name", "esc", "--workers", "1", "-q"], capsys
+    )
+    assert code == 0, stderr
+    index = json.loads((out / "index.json").read_text())
+    assert index["params"]["detected_layout"] == "esc50" and index["vocabulary"] == ["dog", "rooster"]
+    assert [s["name"] for s in index["shards"]] == ["esc-000000.tar"]
+    folds = {}
+    for sample in wds.WebDataset([str(out / "esc-000000.tar")], shardshuffle=False, empty_check=False):
+        meta = json.loads(sample["json"])
+        folds[Path(meta["source"]).name] = (meta["fold"], meta["labels"], meta["orig_sr"])
+    assert folds == {n: (f, [c], 44100) for n, f, _, c in rows}
+
+    # A label file that does not match the audio: clear error naming it, exit 1, no traceback.
+    for name, *_rest in rows:
+        (root / "audio" / name).rename(root / "audio" / ("x" + name))
+    code, _, stderr = _run_cli(["shard", str(root), str(tmp_path / "o2"), "-q"], capsys)
+    assert code == 1 and "esc50.csv" in stderr and "Traceback" not in stderr
