@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from pretrain.features import Normalization
@@ -40,7 +41,11 @@ def mixup(x: torch.Tensor, y: torch.Tensor, fraction: float, alpha: float, g: to
     b = x.shape[0]
     apply = torch.rand(b, generator=g) < fraction
     partner = torch.randint(0, b, (b,), generator=g)
-    lam = torch.distributions.Beta(alpha, alpha).sample((b,)) if alpha > 0 else torch.ones(b)
+    if alpha > 0:  # torch's Beta sampler ignores generators: draw it from a numpy RNG seeded by ``g``
+        seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, b)).float()
+    else:
+        lam = torch.ones(b)
     lam = torch.where(apply, lam, torch.ones(b)).to(x.device)
     partner = partner.to(x.device)
     x = lam.view(b, 1, 1) * x + (1 - lam.view(b, 1, 1)) * x[partner]
