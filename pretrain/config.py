@@ -100,6 +100,7 @@ class TrainSection:
     keep_checkpoints: int = 3
     max_nonfinite: int = 10  # abort after this many non-finite losses in a row
     keep_heads: bool = True  # also export the pretraining heads (heads.safetensors)
+    record_keys: bool = False  # write the sample keys each rank trained on to keys_rank{R}.txt (audits)
 
 
 @dataclass

@@ -378,5 +378,7 @@ def make_loader(stream: ShardStream) -> DataLoader:
         batch_size=None,
         num_workers=workers,
         persistent_workers=False,
+        # its own generator: creating an iterator must not consume the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(stream.seed),
         prefetch_factor=2 if workers else None,
     )

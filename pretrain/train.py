@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +373,8 @@ def train(recipe: Recipe) -> Path:
     two_pass = recipe.objective.mode == "two_pass"
     it = None
     t_log, samples_log = time.time(), 0
+    corrupt_list: list[str] = []
+    keys_file = open(run_dir / f"keys_rank{rank}.txt", "a") if t.record_keys else None  # noqa: SIM115
 
     while state.step < t.max_steps:
         if it is None or state.batch_in_epoch >= batches_per_epoch:
@@ -387,6 +389,8 @@ def train(recipe: Recipe) -> Path:
             batch = next(it)
             state.batch_in_epoch += 1
             positions[batch["worker"]] = batch["raw"]
+            if keys_file is not None:
+                keys_file.write("\n".join(batch["keys"]) + "\n")
             fbank, frames = _features(batch, stream, acc.device)
             gens = [step_generator(t.seed, state.step, rank, micro, w) for w in range(2 if two_pass else 1)]
             masks = [m.to(acc.device) for m in build_masks(recipe, core.encoder, frames, fbank.shape[1], gens)]
@@ -403,7 +407,12 @@ def train(recipe: Recipe) -> Path:
             state.samples_seen += fbank.shape[0] * world
             state.seconds_seen += batch["seconds"] * world
             samples_log += fbank.shape[0] * world
-            state.corrupt_samples = max(state.corrupt_samples, batch["corrupt"])
+            if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
+                state.corrupt_samples += len(batch["corrupt_keys"])
+                corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
+                if is_main:
+                    print(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): {batch['corrupt_keys'][0]}",
+                          file=sys.stderr)
         grad_norm = float("nan")
         if bad:
             optimizer.zero_grad(set_to_none=True)
@@ -453,6 +462,11 @@ def train(recipe: Recipe) -> Path:
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
 
+    if keys_file is not None:
+        keys_file.close()
+    # DDP sanity check: every rank must hold the same parameters at the end.
+    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in core.parameters())], dtype=torch.float64)
+    checksums = acc.gather(checksum.to(acc.device)).cpu().tolist()
     export = run_dir / "export"
     acc.wait_for_everyone()
     if is_main:
@@ -465,6 +479,8 @@ def train(recipe: Recipe) -> Path:
             save_file(heads, str(export / "heads.safetensors"))
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
+                   "corrupt_list": corrupt_list,
+                   "processes": world, "rank_param_checksums": checksums,
                    "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
         tmp = run_dir / "metrics.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=2))

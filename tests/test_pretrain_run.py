@@ -1,0 +1,115 @@
+"""Pretraining end to end: CLI run, export, two real accelerate ranks, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pretrain.encoder import Encoder
+
+from .conftest import REPO, run_cli
+
+TINY = [
+    "model.backbone_config.dim=32", "model.backbone_config.depth=2", "model.backbone_config.num_heads=2",
+    "data.target_frames=128", "data.num_workers=0", "data.shuffle_buffer=8", "masking.count=30",
+    "optim.lr=2e-3", "schedule.warmup_steps=2", "train.batch_size=4", "train.log_every=1",
+    "train.val_every=1000", "train.checkpoint_every=1000", "data.valid=''",
+]
+
+
+def tiny_args(shards: Path, out: Path, name: str, *extra: str) -> list[str]:
+    sets = TINY + [f"data.train={shards / 'train'}", f"run.output_dir={out}", f"run.name={name}", *extra]
+    return ["pretrain", "train", "--recipe", str(REPO / "recipes/pretrain/demo.toml"),
+            *[a for s in sets for a in ("--set", s)]]
+
+
+@pytest.mark.timeout(400)
+def test_pretrain_end_to_end_loss_decreases_and_export_reloads(tiny_shards, tmp_path):
+    args = tiny_args(tiny_shards, tmp_path, "e2e", "train.max_steps=30", f"data.valid={tiny_shards / 'valid'}",
+                     "train.val_every=30", "data.samples_per_epoch=16")
+    run_cli(*args)
+    run = tmp_path / "e2e"
+    metrics = json.loads((run / "metrics.json").read_text())
+    losses = [h["loss"] for h in metrics["history"]]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    assert "val/acc" in metrics["validation"]
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 30
+    assert list((run / "logs").rglob("events.out.tfevents*")), "no TensorBoard event file"
+    export = run / "export"
+    assert (export / "heads.safetensors").is_file()
+    enc = Encoder.from_pretrained(export).eval()
+    weights = load_file(str(export / "model.safetensors"))
+    assert all(torch.equal(v, enc.state_dict()[k]) for k, v in weights.items())
+    x = torch.randn(2, 128, 128)
+    assert torch.equal(enc(x).patches, Encoder.from_pretrained(export).eval()(x).patches)
+    cfg = json.loads((export / "config.json").read_text())
+    assert cfg["trained_on"]["steps"] == 30 and cfg["normalization"]["std"] > 0
+
+
+def test_pretrain_cli_errors(tiny_shards, tmp_path):
+    p = run_cli("pretrain", "train", "--set", "optim.lrr=1", check=False)
+    assert p.returncode != 0 and "lrr" in p.stderr and "Traceback" not in p.stderr
+    p = run_cli("pretrain", "train", "--set", f"data.train={tmp_path}/missing-{{0..3}}.tar", check=False)
+    assert p.returncode != 0 and "not found" in p.stderr and "Traceback" not in p.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = run_cli("pretrain", "train", "--set", f"data.train={empty}", check=False)
+    assert p.returncode != 0 and "index.json" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.timeout(500)
+def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
+    """Real `accelerate launch` with 2 CPU processes: disjoint data, identical parameters, no hang."""
+    args = tiny_args(tiny_shards, tmp_path, "ddp", "train.max_steps=6", "train.record_keys=true",
+                     "data.samples_per_epoch=16")
+    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=450)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["processes"] == 2
+    c0, c1 = metrics["rank_param_checksums"]
+    assert c0 == c1
+    k0 = (run / "keys_rank0.txt").read_text().split()
+    k1 = (run / "keys_rank1.txt").read_text().split()
+    assert len(k0) == len(k1) == 6 * 4  # same number of batches on both ranks (uneven shards, no hang)
+    assert not set(k0) & set(k1)  # disjoint shard subsets
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
+    common = ["train.max_steps=12", "train.checkpoint_every=4", "data.num_workers=2", "data.samples_per_epoch=20"]
+    run_cli(*tiny_args(tiny_shards, tmp_path, "straight", *common))
+    # Same run, killed (SIGKILL) once its first checkpoint is complete, then started again.
+    args = tiny_args(tiny_shards, tmp_path, "killed", *common)
+    env = os.environ.copy() | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and not (ckpt / "step-4").is_dir() and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (ckpt / "step-4").is_dir() and not (tmp_path / "killed" / "export").exists()
+    out = run_cli(*args)
+    assert "resumed from" in out.stderr
+    a = load_file(str(tmp_path / "straight" / "export" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "export" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= 1e-6, worst
+    steps = sorted(int(p.name[5:]) for p in ckpt.iterdir() if p.name.startswith("step-"))
+    assert steps[-1] == 12
