@@ -73,7 +73,8 @@ def run_case(case: dict) -> dict:
     mask = None
     if masked:
         valid = torch.ones(1, grid[0] * grid[1], dtype=torch.bool)
-        mask = make_mask("cluster", valid, grid, round(0.59 * grid[0] * grid[1]), torch.Generator().manual_seed(0))
+        count = round(0.59 * grid[0] * grid[1])
+        mask = make_mask("cluster", valid, grid, count, torch.Generator().manual_seed(0))
 
     def step():
         enc.zero_grad(set_to_none=True)
@@ -190,7 +191,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["fused", "scaling"])
-    p.add_argument("--frames", type=int, nargs="*", help="input lengths (fused: 512 1024; scaling: 1024 4096)")
+    p.add_argument("--frames", type=int, nargs="*", help="lengths (fused: 512 1024; scaling: 1024 4096)")
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--batch", type=int, default=4, help="fused: batch size")
     p.add_argument("--repeat", type=int, default=3)
@@ -199,7 +200,8 @@ def main() -> None:
     p.add_argument("--max-gb", type=float, default=5.0, help="skip naive attention estimated above this")
     args = p.parse_args()
     args.frames = args.frames or ([512, 1024] if args.what == "fused" else [1024, 4096])
-    print(f"# torch threads {args.threads}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    load = os.getloadavg()[0]
+    print(f"# torch threads {args.threads}; load average before: {load:.1f} on {os.cpu_count()} cores")
     bench_fused(args) if args.what == "fused" else bench_scaling(args)
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 

@@ -49,6 +49,11 @@ Inputs whose frames / mel bins are not multiples of 32 are zero-padded internall
 counts as visible) and the outputs cropped back. When the Encoder's grid is not the native
 16x16 non-overlapping grid (e.g. fine-tuning with SSAST's stride 10), the stride-16 feature map is
 resampled (bilinear, antialiased) to that grid; a mask is only accepted on a non-overlapping grid.
+
+Known limits: the masked BN is per device (do not convert the model with
+``nn.SyncBatchNorm.convert_sync_batchnorm``: SyncBatchNorm takes no mask); with activation
+checkpointing the recomputed forward updates the BN running statistics a second time (as for any
+BN network under checkpointing).
 """
 
 from __future__ import annotations
@@ -195,9 +200,10 @@ class MultiBranchDWConv(nn.Module):
 
     @torch.no_grad()
     def equivalent_kernel_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The single depthwise kernel ``(C, 1, K, 1)`` or ``(C, 1, 1, K)`` and bias of the eval-mode branches."""
+        """One depthwise kernel ``(C, 1, K, 1)`` / ``(C, 1, 1, K)`` + bias equal to the eval-mode branches."""
         kernel = None
-        bias = torch.zeros(self.channels, dtype=self.convs[0].weight.dtype, device=self.convs[0].weight.device)
+        ref = self.convs[0].weight
+        bias = torch.zeros(self.channels, dtype=ref.dtype, device=ref.device)
         for conv, bn in zip(self.convs, self.bns):
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             w = conv.weight * scale[:, None, None, None]
@@ -331,7 +337,11 @@ class PatchDecoder(nn.Module):
 
 
 def visibility_masks(
-    mask: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], size: tuple[int, int], dtype: torch.dtype
+    mask: torch.Tensor,
+    grid: tuple[int, int],
+    patch: tuple[int, int],
+    size: tuple[int, int],
+    dtype: torch.dtype,
 ) -> dict[int, torch.Tensor]:
     """Per-stride visibility ``{s: (B, 1, H/s, W/s)}`` (1 = visible) from a patch mask ``(B, N)``.
 
@@ -440,7 +450,8 @@ class RepInceptionNeXt(Backbone):
         stages = self.trunk(x, masks, self.run_block)
         m16, m32 = (None, None) if masks is None else (masks[16], masks[32])
         y = self.decoder(stages[2], stages[3], m16, m32)
-        native = tuple(self.patch) == (PATCH_STRIDE, PATCH_STRIDE) and (nt, nf) == (t // 16, f // 16)
+        native_grid = (t // PATCH_STRIDE, f // PATCH_STRIDE)
+        native = tuple(self.patch) == (PATCH_STRIDE, PATCH_STRIDE) and (nt, nf) == native_grid
         valid = (math.ceil(t / PATCH_STRIDE), math.ceil(f / PATCH_STRIDE))
         patches = self.norm(_to_grid(y, PATCH_STRIDE, grid, valid, native))
         hidden = None
@@ -454,7 +465,9 @@ def reparameterize_encoder(encoder: nn.Module) -> nn.Module:
     """Fuse a repinception Encoder in place and record ``fused=True`` in its config (for export)."""
     backbone = getattr(encoder, "backbone", None)
     if not isinstance(backbone, RepInceptionNeXt):
-        raise TypeError(f"reparameterize_encoder needs an Encoder with a repinception backbone, got {type(backbone)}")
+        raise TypeError(
+            f"reparameterize_encoder needs an Encoder with a repinception backbone, got {type(backbone)}"
+        )
     backbone.reparameterize()
     encoder.config.backbone_config["fused"] = True
     return encoder
