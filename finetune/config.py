@@ -17,18 +17,18 @@ class ModelSection:
     pooling: str = "mean"  # "mean" over real patch tokens (SSAST's ft_avgtok) | "cls"
     layer_decay: float = 1.0  # layer-wise LR decay; 1.0 = off
     stride: list[int] | None = None  # fine-tune at another patch stride (SSAST uses [10, 10])
-    head_dropout: float = 0.0
+    head_dropout: float = 0.0  # dropout before the head's Linear
 
 
 @dataclass
 class DataSection:
-    train: str | list[str] = ""
-    valid: str | list[str] | None = None
-    test: str | list[str] | None = None
-    target_frames: int = 1024
-    num_workers: int = 2
-    shuffle_buffer: int = 1000
-    allow_pipe: bool = False
+    train: str | list[str] = ""  # labeled training shards (index.json gives the vocabulary)
+    valid: str | list[str] | None = None  # model selection (best epoch) on these
+    test: str | list[str] | None = None  # final metrics on these
+    target_frames: int = 1024  # input length in frames (SSAST: 1024 AudioSet, 512 ESC-50, 128 SC)
+    num_workers: int = 2  # loader processes
+    shuffle_buffer: int = 1000  # samples per worker shuffle buffer
+    allow_pipe: bool = False  # allow pipe: URLs (they run shell commands)
     balanced: bool = False  # balanced sampling for multi-label data (AudioSet style)
     folds: list[int] | None = None  # k-fold cross-validation over the `fold` field (ESC-50): test on each in turn
 
@@ -43,7 +43,7 @@ class TaskSection:
 class FeaturesSection:
     mean: float | None = None  # None: compute on the training shards, unless `stats` is given
     std: float | None = None
-    stats: str | None = None
+    stats: str | None = None  # a JSON from `python -m pretrain stats`
     use_encoder_stats: bool = False  # keep the statistics stored in the encoder's config.json
 
 
@@ -60,39 +60,39 @@ class AugmentSection:
 @dataclass
 class OptimSection:
     name: str = "adam"  # "adam" (SSAST) | "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 5e-7
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
-    head_lr_mult: float = 1.0
-    clip_grad_norm: float = 0.0
+    lr: float = 1e-4  # base learning rate
+    weight_decay: float = 5e-7  # weight decay (matrices only)
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])  # Adam betas
+    head_lr_mult: float = 1.0  # LR multiplier of the head (SSAMBA AS-20K: 3)
+    clip_grad_norm: float = 0.0  # 0 = off
 
 
 @dataclass
 class ScheduleSection:
     name: str = "ssast"  # "ssast": MultiStepLR from epoch `start` every `step` epochs by `decay` | "cosine"
-    start: int = 10
-    step: int = 5
-    decay: float = 0.5
-    warmup_steps: int = 0
-    min_lr: float = 0.0
+    start: int = 10  # ssast: first epoch of LR decay
+    step: int = 5  # ssast: decay every this many epochs
+    decay: float = 0.5  # ssast: LR factor
+    warmup_steps: int = 0  # linear warmup steps
+    min_lr: float = 0.0  # cosine end point
 
 
 @dataclass
 class TrainSection:
-    batch_size: int = 12
-    epochs: int = 25
+    batch_size: int = 12  # per device
+    epochs: int = 25  # training epochs
     steps_per_epoch: int | None = None  # default: training samples // (batch x processes)
-    seed: int = 0
-    mixed_precision: str = "auto"
+    seed: int = 0  # seeds init (random_init), data order and augmentation
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
     weight_averaging: list[int] | None = None  # [first, last] epochs whose weights are averaged (SSAST's wa)
-    log_every: int = 20
-    eval_batch_size: int | None = None
+    log_every: int = 20  # steps between progress lines
+    eval_batch_size: int | None = None  # default: batch_size
 
 
 @dataclass
 class RunSection:
-    name: str = "finetune"
-    output_dir: str = "runs"
+    name: str = "finetune"  # run directory name
+    output_dir: str = "runs"  # runs/NAME/ holds export/ and metrics.json
 
 
 @dataclass

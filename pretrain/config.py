@@ -24,24 +24,24 @@ class RecipeError(ValueError):
 
 @dataclass
 class ModelSection:
-    backbone: str = "vit"
-    preset: str | None = "tiny"
+    backbone: str = "vit"  # vit | mamba | rwkv7 | repinception
+    preset: str | None = "tiny"  # size preset of the backbone (tiny/small/base, or the paper's names)
     backbone_config: dict[str, Any] = field(default_factory=dict)  # overrides of the preset
-    patch: list[int] = field(default_factory=lambda: [16, 16])
+    patch: list[int] = field(default_factory=lambda: [16, 16])  # (frames, mel bins); [2, 128] = frame patches
     stride: list[int] | None = None  # None = patch (pretraining needs non-overlapping patches)
-    num_mel_bins: int = 128
-    mask_embedding: bool = True
+    num_mel_bins: int = 128  # fbank mel bins
+    mask_embedding: bool = True  # learned mask embedding replaces masked patch embeddings (SSAST)
     init_from: str | None = None  # an export directory to start from
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # activation checkpointing per block (long inputs)
 
 
 @dataclass
 class DataSection:
     train: str | list[str] = ""  # index.json, a directory holding one, a brace pattern, or a list of paths/URLs
-    valid: str | list[str] | None = None
-    target_frames: int = 1024
-    num_workers: int = 2
-    shuffle_buffer: int = 1000
+    valid: str | list[str] | None = None  # held-out shards: loss and masked accuracy every val_every steps
+    target_frames: int = 1024  # fbank frames per clip (random crop / zero-pad; padding never masked)
+    num_workers: int = 2  # loader processes per rank (0 = in the training process)
+    shuffle_buffer: int = 1000  # samples in each worker's shuffle buffer
     allow_pipe: bool = False  # pipe: URLs run shell commands
     samples_per_epoch: int | None = None  # default: the sample count in index.json
 
@@ -50,54 +50,54 @@ class DataSection:
 class FeaturesSection:
     on_device: bool = False  # compute the fbank on the training device instead of in loader workers
     mean: float | None = None  # None = AudioSet's statistics
-    std: float | None = None
+    std: float | None = None  # with mean: normalization (x - mean) / (2 std)
     stats: str | None = None  # a JSON file written by `python -m pretrain stats`
 
 
 @dataclass
 class MaskingSection:
     kind: str = "cluster"  # "cluster" | "random" (frame grids always use random, as SSAST)
-    count: int = 400
+    count: int = 400  # masked patches per full clip (scaled down for padded clips)
 
 
 @dataclass
 class ObjectiveSection:
     mode: str = "one_pass"  # "one_pass" | "two_pass" (SSAST's original: two masks, two encoder passes)
-    nce_weight: float = 1.0
-    mse_weight: float = 10.0
+    nce_weight: float = 1.0  # weight of the discriminative InfoNCE loss
+    mse_weight: float = 10.0  # weight of the generative MSE loss (SSAST: 10)
 
 
 @dataclass
 class OptimSection:
     name: str = "adam"  # "adam" (SSAST) | "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 5e-7
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
-    eps: float = 1e-8
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 5e-7  # SSAST: 5e-7 (Adam, L2); AdamW: decoupled, matrices only
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
     clip_grad_norm: float = 0.0  # 0 = off
 
 
 @dataclass
 class ScheduleSection:
     name: str = "ssast"  # "ssast" (warmup + halve on validation plateau) | "cosine" | "constant"
-    warmup_steps: int = 1000
-    plateau_factor: float = 0.5
+    warmup_steps: int = 1000  # linear warmup from 0
+    plateau_factor: float = 0.5  # ssast: LR factor on a validation plateau
     plateau_patience: int = 2  # in validations
-    min_lr: float = 0.0
+    min_lr: float = 0.0  # floor of the LR (cosine end point)
 
 
 @dataclass
 class TrainSection:
     batch_size: int = 24  # per device
-    grad_accum: int = 1
-    max_steps: int = 10000
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 10000  # optimizer steps in total
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU) | "no" | "bf16" | "fp16"
-    seed: int = 0
-    log_every: int = 10
+    seed: int = 0  # seeds the model init, data order, crops and masks
+    log_every: int = 10  # steps between TensorBoard/progress updates
     val_every: int = 4000  # SSAST's epoch_iter
     val_batches: int | None = None  # None = the whole validation set
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
+    checkpoint_every: int = 1000  # steps between checkpoints (0 = none)
+    keep_checkpoints: int = 3  # the last K checkpoints are kept
     max_nonfinite: int = 10  # abort after this many non-finite losses in a row
     keep_heads: bool = True  # also export the pretraining heads (heads.safetensors)
     record_keys: bool = False  # write the sample keys each rank trained on to keys_rank{R}.txt (audits)
@@ -105,8 +105,8 @@ class TrainSection:
 
 @dataclass
 class RunSection:
-    name: str = "pretrain"
-    output_dir: str = "runs"
+    name: str = "pretrain"  # run directory name
+    output_dir: str = "runs"  # runs/NAME/ holds config, checkpoints, logs, export, metrics
 
 
 @dataclass
