@@ -42,39 +42,42 @@ def _compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def linear_scan(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Inclusive scan of ``h_t = a_t * h_{t-1} + x_t`` along dim 1, ``h_{-1} = 0``.
-
-    ``a`` and ``x`` have the same shape ``(B, L, ...)``; ``a`` should lie in [0, 1] for stability
-    (it is only ever multiplied with other decays). Work-efficient recursive pairing.
-    """
-    length = a.shape[1]
+def _scan_levels(length: int) -> tuple[int, int]:
+    """``(levels, padded length)``: halvings until at most ``_BASE_LENGTH`` remain, and the padded size."""
     levels = 0
     while (length + (1 << levels) - 1) >> levels > _BASE_LENGTH:
         levels += 1
-    padded = -(-length // (1 << levels)) << levels
+    return levels, -(-length // (1 << levels)) << levels
+
+
+def linear_scan(a: torch.Tensor, x: torch.Tensor, overwrite_x: bool = False) -> torch.Tensor:
+    """Inclusive scan of ``h_t = a_t * h_{t-1} + x_t`` along dim 1, ``h_{-1} = 0``.
+
+    ``a`` and ``x`` have the same shape ``(B, L, ...)``; ``a`` should lie in [0, 1] for stability
+    (it is only ever multiplied with other decays). Work-efficient recursive pairing; with
+    ``overwrite_x`` the result is written into ``x`` when no padding is needed.
+    """
+    length = a.shape[1]
+    levels, padded = _scan_levels(length)
     if padded != length:  # identity maps (a = 1, x = 0) at the end change nothing before them
         pad = padded - length
         a = torch.cat([a, a.new_ones((a.shape[0], pad) + a.shape[2:])], dim=1)
         x = torch.cat([x, x.new_zeros((x.shape[0], pad) + x.shape[2:])], dim=1)
+    elif not overwrite_x:
+        x = x.clone()
     stack = []
     for _ in range(levels):  # up-sweep: compose neighbouring pairs of affine maps
         stack.append((a, x))
         a_even, a_odd = a[:, 0::2], a[:, 1::2]
         x = torch.addcmul(x[:, 1::2], a_odd, x[:, 0::2])
         a = a_odd * a_even
-    h = torch.empty_like(x)
-    acc = x[:, 0]
-    h[:, 0] = acc
-    for t in range(1, x.shape[1]):  # at most _BASE_LENGTH steps
-        acc = torch.addcmul(x[:, t], a[:, t], acc)
-        h[:, t] = acc
-    for a_l, x_l in reversed(stack):  # down-sweep: odd positions are known, fill the even ones
-        h_l = torch.empty_like(x_l)
-        h_l[:, 1::2] = h
-        h_l[:, 0] = x_l[:, 0]
-        h_l[:, 2::2] = torch.addcmul(x_l[:, 2::2], a_l[:, 2::2], h[:, :-1])
-        h = h_l
+    for t in range(1, x.shape[1]):  # at most _BASE_LENGTH sequential steps, in place
+        x[:, t].addcmul_(a[:, t], x[:, t - 1])
+    h = x
+    for a_l, x_l in reversed(stack):  # down-sweep: odd positions are known, fill the even ones in place
+        x_l[:, 2::2].addcmul_(a_l[:, 2::2], h[:, :-1])
+        x_l[:, 1::2] = h
+        h = x_l
     return h[:, :length] if padded != length else h
 
 
@@ -82,11 +85,12 @@ def _block_states(
     u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, h0: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decays ``exp(Δ A)`` and states ``h`` of one block, ``(b, l, E, N)`` each."""
-    decay = torch.exp(delta.unsqueeze(-1) * A)
+    decay = delta.unsqueeze(-1) * A
+    decay.exp_()
     x = (delta * u).unsqueeze(-1) * B.unsqueeze(2)
     if h0 is not None:
         x[:, 0].addcmul_(decay[:, 0], h0)
-    return decay, linear_scan(decay, x)
+    return decay, linear_scan(decay, x, overwrite_x=True)
 
 
 def _block_size(batch: int, channels: int, state: int, block_tokens: int | None) -> int:
@@ -94,7 +98,8 @@ def _block_size(batch: int, channels: int, state: int, block_tokens: int | None)
         if block_tokens < 1:
             raise ValueError(f"selective scan block_tokens must be >= 1, got {block_tokens}")
         return int(block_tokens)
-    return max(16, DEFAULT_BLOCK_ELEMENTS // max(1, batch * channels * state))
+    tokens = max(16, DEFAULT_BLOCK_ELEMENTS // max(1, batch * channels * state))
+    return 1 << (tokens.bit_length() - 1)  # a power of two: no padding inside the scan but in the last block
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -111,7 +116,7 @@ class _SelectiveScan(torch.autograd.Function):
             e = min(s + block, length)
             boundaries.append(h)
             _, states = _block_states(u[:, s:e], delta[:, s:e], A, B[:, s:e], h)
-            y[:, s:e] = torch.sum(states * C[:, s:e].unsqueeze(2), dim=-1)
+            y[:, s:e] = torch.einsum("blen,bln->ble", states, C[:, s:e])  # batched matmul, not mul + sum
             h = states[:, -1].clone()
             del states
         ctx.block = block
@@ -143,9 +148,9 @@ class _SelectiveScan(torch.autograd.Function):
             shifted = torch.empty_like(decay)
             shifted[:, 0] = 1.0
             shifted[:, 1:] = decay.flip(1)[:, :-1]
-            g = linear_scan(shifted, direct.flip(1)).flip(1)
+            g = linear_scan(shifted, direct.flip(1), overwrite_x=True).flip(1)
             del shifted, direct
-            dC[:, s:e] = torch.sum(states * gy_b.unsqueeze(-1), dim=2)
+            dC[:, s:e] = torch.einsum("blen,ble->bln", states, gy_b)
             # d/d(Δ A) of exp(Δ A) h_{t-1} is g_t a_t h_{t-1}.
             w = g * decay
             del decay
@@ -157,11 +162,11 @@ class _SelectiveScan(torch.autograd.Function):
                 w[:, 0] = 0.0
             del states
             dA += torch.einsum("blen,ble->en", w, d_b)
-            g_b = torch.sum(g * B_b.unsqueeze(2), dim=-1)  # (b, l, E): Σ_n g B
-            ddelta[:, s:e] = torch.sum(w * A, dim=-1) + g_b * u_b
+            g_b = torch.einsum("blen,bln->ble", g, B_b)  # Σ_n g B
+            ddelta[:, s:e] = torch.einsum("blen,en->ble", w, A) + g_b * u_b
             del w
             du[:, s:e] = g_b * d_b
-            dB[:, s:e] = torch.sum(g * (d_b * u_b).unsqueeze(-1), dim=2)
+            dB[:, s:e] = torch.einsum("blen,ble->bln", g, d_b * u_b)
             del g
         return du, ddelta, dA, dB, dC, None
 
