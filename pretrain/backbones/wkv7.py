@@ -130,12 +130,14 @@ def wkv7(
     drive = v_.transpose(-1, -2) @ k_tail + w_part.transpose(-1, -2) @ b_tail
 
     # Sequential part: one (N x N) matmul per chunk. states[c] is the state entering chunk c.
+    # unbind (not trans[:, i]): indexing inside the loop would make autograd build a full-size
+    # zero gradient per chunk in backward, i.e. quadratic time in the number of chunks.
     state = r_.new_zeros(bsz * heads, n, n)
     states = []
-    for i in range(chunks):
+    for i, (d_i, m_i) in enumerate(zip(drive.unbind(1), trans.unbind(1))):
         states.append(state)
         if i + 1 < chunks:
-            state = torch.baddbmm(drive[:, i], state, trans[:, i])
+            state = torch.baddbmm(d_i, state, m_i)
     s_in = torch.stack(states, dim=1)  # (BH, chunks, N_v, N_k)
     y = y_intra + q_state @ s_in.transpose(-1, -2)
 
