@@ -90,7 +90,7 @@ def time_to_freq_major(x: torch.Tensor, nt: int, nf: int, dim: int = 1) -> torch
 
 
 def unfold_rows_to_ours(w: torch.Tensor, fshape: int, tshape: int) -> torch.Tensor:
-    """Rows of a head's output layer from SSAST's within-patch order ``f*tshape + t`` to ours ``t*fshape + f``."""
+    """Rows of a head's output layer: SSAST's within-patch order ``f*tshape + t`` -> ours ``t*fshape + f``."""
     return freq_to_time_major(w, fshape, tshape, dim=0)
 
 
@@ -105,7 +105,7 @@ def ours_rows_to_unfold(w: torch.Tensor, fshape: int, tshape: int) -> torch.Tens
 
 
 def load_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A ``.pth`` state dict read with ``weights_only=True`` (never runs pickled code), ``module.`` stripped."""
+    """A ``.pth`` state dict read with ``weights_only=True`` (runs no pickled code); ``module.`` stripped."""
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"{path}: no such checkpoint file")
@@ -115,13 +115,14 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise ExportError(
                 f"{path}: refused: the file holds pickled objects other than tensors, which could run code "
-                f"when loaded; only plain state-dict checkpoints are read (torch.load weights_only=True). "
-                f"Detail: {str(e).splitlines()[0]}"
+                f"when loaded; only plain state-dict checkpoints are read (torch.load weights_only=True)"
+                + (f" ({what})" if (what := _unsupported_global(str(e))) else "")
             ) from None
         raise ExportError(f"{path}: not a PyTorch checkpoint ({e})") from None
     except Exception as e:  # torch raises many types for a damaged file (RuntimeError, EOFError, KeyError...)
         raise ExportError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): {type(e).__name__}: {e}"
+            f"{path}: not a readable PyTorch checkpoint (truncated or another format?): "
+            f"{type(e).__name__}: {e}"
         ) from None
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):  # common {"state_dict": ...} wrappers
@@ -130,8 +131,18 @@ def load_torch_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         kind = type(obj).__name__
-        raise ExportError(f"{path}: not a state dict of tensors (found a {kind}); expected SSAST/AST model weights")
+        raise ExportError(
+            f"{path}: not a state dict of tensors (found a {kind}); expected SSAST/AST model weights"
+        )
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _unsupported_global(message: str) -> str:
+    """The line of torch's weights-only error naming the offending object (not its advice to disable it)."""
+    for line in message.splitlines():
+        if "unsupported global" in line.lower() or "unsupported operand" in line.lower():
+            return line.strip().split(" was not an allowed global")[0].removeprefix("Trying to load ")
+    return ""
 
 
 def _sha256(path: Path) -> str:
@@ -192,7 +203,9 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
         )
     w = state["v.patch_embed.proj.weight"]
     if w.dim() != 4 or w.shape[1] != 1:
-        raise ExportError(f"{source}: v.patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, 1, fshape, tshape)")
+        raise ExportError(
+            f"{source}: v.patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, 1, fshape, tshape)"
+        )
     dim, _, fshape, tshape = (int(s) for s in w.shape)
     if dim % 64:
         raise ExportError(f"{source}: embedding width {dim} is not a multiple of 64 (DeiT heads are 64 wide)")
@@ -205,8 +218,16 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
     if "v.cls_token" not in state:
         raise ExportError(f"{source}: no v.cls_token; SSAST/AST models have 1 or 2 cls tokens")
     num_cls = 2 if "v.dist_token" in state else 1
-    return ViTShape(dim=dim, depth=depth, num_heads=dim // 64, mlp_ratio=fc1.shape[0] / dim,
-                    qkv_bias="v.blocks.0.attn.qkv.bias" in state, num_cls=num_cls, fshape=fshape, tshape=tshape)
+    return ViTShape(
+        dim=dim,
+        depth=depth,
+        num_heads=dim // 64,
+        mlp_ratio=fc1.shape[0] / dim,
+        qkv_bias="v.blocks.0.attn.qkv.bias" in state,
+        num_cls=num_cls,
+        fshape=fshape,
+        tshape=tshape,
+    )
 
 
 def _is_pow2(n: int) -> bool:
@@ -277,8 +298,10 @@ def infer_geometry(
         )
     if len(candidates) > 1:
         opts = ", ".join(f"fstride={g.fstride} tstride={g.tstride} ({g.nf}x{g.nt})" for g in candidates[:8])
-        raise ExportError(f"{source}: the stride is ambiguous for {num_patches} patches: {opts}; "
-                          f"pass --fstride and --tstride")
+        raise ExportError(
+            f"{source}: the stride is ambiguous for {num_patches} patches: {opts}; "
+            f"pass --fstride and --tstride"
+        )
     return candidates[0]
 
 
@@ -302,8 +325,14 @@ def _expected_shapes(arch: ViTShape, num_pos: int) -> dict[str, tuple[int, ...]]
     }
     if arch.num_cls == 2:
         shapes["v.dist_token"] = (1, 1, d)
-    per = {"norm1": [(d,), (d,)], "attn.qkv": [(3 * d, d), (3 * d,)], "attn.proj": [(d, d), (d,)],
-           "norm2": [(d,), (d,)], "mlp.fc1": [(h, d), (h,)], "mlp.fc2": [(d, h), (d,)]}
+    per = {
+        "norm1": [(d,), (d,)],
+        "attn.qkv": [(3 * d, d), (3 * d,)],
+        "attn.proj": [(d, d), (d,)],
+        "norm2": [(d,), (d,)],
+        "mlp.fc1": [(h, d), (h,)],
+        "mlp.fc2": [(d, h), (d,)],
+    }
     for i in range(arch.depth):
         for name, (ws, bs) in per.items():
             shapes[f"v.blocks.{i}.{name}.weight"] = ws
@@ -312,8 +341,12 @@ def _expected_shapes(arch: ViTShape, num_pos: int) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def _check_keys(state: dict[str, torch.Tensor], required: dict[str, tuple[int, ...]],
-                optional: dict[str, tuple[int, ...] | None], source: str) -> None:
+def _check_keys(
+    state: dict[str, torch.Tensor],
+    required: dict[str, tuple[int, ...]],
+    optional: dict[str, tuple[int, ...] | None],
+    source: str,
+) -> None:
     """Error listing every missing, unexpected or mis-shaped key (no silent ``strict=False``)."""
     missing = sorted(set(required) - set(state))
     unexpected = sorted(set(state) - set(required) - set(optional))
@@ -355,21 +388,35 @@ def convert_ssast_state(
     if fmt not in FORMATS:
         raise ExportError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
     if fmt == "ssast" and "p_input_fdim" not in state:
-        raise ExportError(f"{source}: no p_input_fdim/p_input_tdim, so not an SSAST pretraining checkpoint; "
-                          f"use --format ast for fine-tuned AST/SSAST checkpoints")
+        raise ExportError(
+            f"{source}: no p_input_fdim/p_input_tdim, so not an SSAST pretraining checkpoint; "
+            f"use --format ast for fine-tuned AST/SSAST checkpoints"
+        )
     arch = infer_architecture(state, source)
     geo = infer_geometry(arch, state, fmt, source, fstride, tstride, input_tdim)
     d, p = arch.dim, arch.fshape * arch.tshape
     required = _expected_shapes(arch, arch.num_cls + geo.nf * geo.nt)
-    optional: dict[str, tuple[int, ...] | None] = {"mask_embed": (1, 1, d), "p_input_fdim": (), "p_input_tdim": ()}
+    optional: dict[str, tuple[int, ...] | None] = {
+        "mask_embed": (1, 1, d),
+        "p_input_fdim": (),
+        "p_input_tdim": (),
+    }
     for k in _UNUSED_TIMM:
         optional[k] = None
     for head in _HEAD_NAMES:
-        optional |= {f"{head}.0.weight": (d, d), f"{head}.0.bias": (d,), f"{head}.2.weight": (p, d),
-                     f"{head}.2.bias": (p,)}
+        optional |= {
+            f"{head}.0.weight": (d, d),
+            f"{head}.0.bias": (d,),
+            f"{head}.2.weight": (p, d),
+            f"{head}.2.bias": (p,),
+        }
     labels = state["mlp_head.1.weight"].shape[0] if "mlp_head.1.weight" in state else 0
-    optional |= {"mlp_head.0.weight": (d,), "mlp_head.0.bias": (d,), "mlp_head.1.weight": (labels, d),
-                 "mlp_head.1.bias": (labels,)}
+    optional |= {
+        "mlp_head.0.weight": (d,),
+        "mlp_head.0.bias": (d,),
+        "mlp_head.1.weight": (labels, d),
+        "mlp_head.1.bias": (labels,),
+    }
     _check_keys(state, required, optional, source)
     for group in [list(_HEAD_NAMES), ["mlp_head"]]:  # a head is all there or not at all
         names = [k for k in optional if k.split(".")[0] in group]
@@ -379,7 +426,9 @@ def convert_ssast_state(
     for k in _UNUSED_TIMM:
         want = 2 if k.endswith("weight") else 1
         if k in state and (state[k].dim() != want or (want == 2 and state[k].shape[1] != d)):
-            raise ExportError(f"{source}: {k} has shape {tuple(state[k].shape)}, expected (classes, {d}) / (classes,)")
+            raise ExportError(
+                f"{source}: {k} has shape {tuple(state[k].shape)}, expected (classes, {d}) / (classes,)"
+            )
 
     def f32(t: torch.Tensor) -> torch.Tensor:
         return t.detach().to(torch.float32).contiguous().clone()
@@ -389,7 +438,9 @@ def convert_ssast_state(
     enc: dict[str, torch.Tensor] = {
         "patch_embed.weight": f32(state["v.patch_embed.proj.weight"].transpose(2, 3)),
         "patch_embed.bias": f32(state["v.patch_embed.proj.bias"]),
-        "backbone.cls_tokens": f32(torch.cat([state["v.cls_token"]] + ([state["v.dist_token"]] if c == 2 else []), 1)),
+        "backbone.cls_tokens": f32(
+            torch.cat([state["v.cls_token"]] + ([state["v.dist_token"]] if c == 2 else []), 1)
+        ),
         "backbone.pos_embed": f32(torch.cat([pos[:, :c], freq_to_time_major(pos[:, c:], geo.nf, geo.nt)], 1)),
         "backbone.norm.weight": f32(state["v.norm.weight"]),
         "backbone.norm.bias": f32(state["v.norm.bias"]),
@@ -405,16 +456,31 @@ def convert_ssast_state(
         for src, ours in _HEAD_NAMES.items():
             heads[f"{ours}.0.weight"] = f32(state[f"{src}.0.weight"])
             heads[f"{ours}.0.bias"] = f32(state[f"{src}.0.bias"])
-            heads[f"{ours}.2.weight"] = f32(unfold_rows_to_ours(state[f"{src}.2.weight"], arch.fshape, arch.tshape))
-            heads[f"{ours}.2.bias"] = f32(unfold_rows_to_ours(state[f"{src}.2.bias"], arch.fshape, arch.tshape))
+            heads[f"{ours}.2.weight"] = f32(
+                unfold_rows_to_ours(state[f"{src}.2.weight"], arch.fshape, arch.tshape)
+            )
+            heads[f"{ours}.2.bias"] = f32(
+                unfold_rows_to_ours(state[f"{src}.2.bias"], arch.fshape, arch.tshape)
+            )
     classifier = None
     if "mlp_head.0.weight" in state:
-        classifier = {"head.0.weight": f32(state["mlp_head.0.weight"]), "head.0.bias": f32(state["mlp_head.0.bias"]),
-                      "head.2.weight": f32(state["mlp_head.1.weight"]), "head.2.bias": f32(state["mlp_head.1.bias"])}
+        classifier = {
+            "head.0.weight": f32(state["mlp_head.0.weight"]),
+            "head.0.bias": f32(state["mlp_head.0.bias"]),
+            "head.2.weight": f32(state["mlp_head.1.weight"]),
+            "head.2.bias": f32(state["mlp_head.1.bias"]),
+        }
     config = EncoderConfig(
         backbone="vit",
-        backbone_config={"dim": d, "depth": arch.depth, "num_heads": arch.num_heads, "mlp_ratio": arch.mlp_ratio,
-                         "num_cls": c, "qkv_bias": arch.qkv_bias, "norm_eps": 1e-6},
+        backbone_config={
+            "dim": d,
+            "depth": arch.depth,
+            "num_heads": arch.num_heads,
+            "mlp_ratio": arch.mlp_ratio,
+            "num_cls": c,
+            "qkv_bias": arch.qkv_bias,
+            "norm_eps": 1e-6,
+        },
         patch=(arch.tshape, arch.fshape),
         stride=(geo.tstride, geo.fstride),
         input_frames=geo.input_tdim,
@@ -472,8 +538,12 @@ def to_ssast_state_dict(
             out[f"{src}.2.weight"] = ours_rows_to_unfold(heads[f"{ours}.2.weight"], pf, pt)
             out[f"{src}.2.bias"] = ours_rows_to_unfold(heads[f"{ours}.2.bias"], pf, pt)
     if classifier:
-        out |= {"mlp_head.0.weight": classifier["head.0.weight"], "mlp_head.0.bias": classifier["head.0.bias"],
-                "mlp_head.1.weight": classifier["head.2.weight"], "mlp_head.1.bias": classifier["head.2.bias"]}
+        out |= {
+            "mlp_head.0.weight": classifier["head.0.weight"],
+            "mlp_head.0.bias": classifier["head.0.bias"],
+            "mlp_head.1.weight": classifier["head.2.weight"],
+            "mlp_head.1.bias": classifier["head.2.bias"],
+        }
     return {prefix + k: v.contiguous() for k, v in out.items()}
 
 
@@ -501,21 +571,36 @@ def import_checkpoint(
     if keep_heads and not has_heads:
         raise ExportError(f"{src}: has no heads to keep (no cpredlayer/gpredlayer, no mlp_head)")
     keep = has_heads if keep_heads is None else keep_heads
-    conv.config.trained_on = {"imported_from": {"file": src.name, "sha256": _sha256(src), "format": fmt,
-                                                "dropped_keys": conv.dropped}}
+    conv.config.trained_on = {
+        "imported_from": {
+            "file": src.name,
+            "sha256": _sha256(src),
+            "format": fmt,
+            "dropped_keys": conv.dropped,
+        }
+    }
     model = Encoder(conv.config)
     load_state_strict(model, conv.encoder, str(src))  # proves the mapping fills every parameter exactly
     tensors = {WEIGHTS_NAME: conv.encoder}
     extra: dict[str, Any] = {}
     if keep and conv.heads is not None:
         tensors[HEADS_NAME] = conv.heads
-        extra["pretraining"] = {"objective": {"nce_weight": 1.0, "mse_weight": 10.0}, "heads_file": HEADS_NAME,
-                                "note": "SSAST heads; outputs in our time-major within-patch order"}
+        extra["pretraining"] = {
+            "objective": {"nce_weight": 1.0, "mse_weight": 10.0},
+            "heads_file": HEADS_NAME,
+            "note": "SSAST heads; outputs in our time-major within-patch order",
+        }
     if keep and conv.classifier is not None:
         tensors[CLASSIFIER_HEAD_NAME] = conv.classifier
-        extra["heads"] = {"classifier": {"file": CLASSIFIER_HEAD_NAME, "num_labels": int(conv.classifier[
-            "head.2.bias"].shape[0]), "pooling": "cls", "layout": "finetune.heads.Classifier head.{0,2}",
-            "note": "AST mlp_head on the mean of the cls outputs; label names are not in the checkpoint"}}
+        extra["heads"] = {
+            "classifier": {
+                "file": CLASSIFIER_HEAD_NAME,
+                "num_labels": int(conv.classifier["head.2.bias"].shape[0]),
+                "pooling": "cls",
+                "layout": "finetune.heads.Classifier head.{0,2}",
+                "note": "AST mlp_head on the mean of the cls outputs; label names are not in the checkpoint",
+            }
+        }
     return write_export(out_dir, model.config.to_dict() | extra, tensors)
 
 
@@ -524,31 +609,49 @@ def import_checkpoint(
 # ------------------------------------------------------------------------------------------------
 
 # What HF's ASTFeatureExtractor computes (torchaudio kaldi.fbank with its defaults + these).
-_HF_FEATURES = {"frame_length_ms": 25.0, "frame_shift_ms": 10.0, "window_type": "hanning", "use_energy": False,
-                "dither": 0.0, "preemphasis_coefficient": 0.97, "remove_dc_offset": True, "low_freq": 20.0,
-                "high_freq": 0.0}
+_HF_FEATURES = {
+    "frame_length_ms": 25.0,
+    "frame_shift_ms": 10.0,
+    "window_type": "hanning",
+    "use_energy": False,
+    "dither": 0.0,
+    "preemphasis_coefficient": 0.97,
+    "remove_dc_offset": True,
+    "low_freq": 20.0,
+    "high_freq": 0.0,
+}
 
 
 def _check_hf_compatible(config: EncoderConfig, source: str) -> None:
     bc = config.backbone_config
     if config.backbone != "vit":
-        raise ExportError(f"{source}: HF ASTModel is a ViT; backbone {config.backbone!r} cannot be exported to it")
+        raise ExportError(
+            f"{source}: HF ASTModel is a ViT; backbone {config.backbone!r} cannot be exported to it"
+        )
     if bc.get("num_cls") != 2:
-        raise ExportError(f"{source}: HF ASTModel always has 2 cls tokens (cls + distillation); this encoder has "
-                          f"{bc.get('num_cls')}")
+        raise ExportError(
+            f"{source}: HF ASTModel always has 2 cls tokens (cls + distillation); this encoder has "
+            f"{bc.get('num_cls')}"
+        )
     if config.patch[0] != config.patch[1]:
-        raise ExportError(f"{source}: HF ASTModel needs square patches (patch_size); this encoder's patch is "
-                          f"{config.patch[0]} frames x {config.patch[1]} mel bins")
+        raise ExportError(
+            f"{source}: HF ASTModel needs square patches (patch_size); this encoder's patch is "
+            f"{config.patch[0]} frames x {config.patch[1]} mel bins"
+        )
     f = config.features
     bad = {k: getattr(f, k) for k, v in _HF_FEATURES.items() if getattr(f, k) != v}
     if bad or f.num_mel_bins != config.num_mel_bins:
-        raise ExportError(f"{source}: ASTFeatureExtractor computes the default Kaldi fbank; these feature settings "
-                          f"differ from it: {bad or {'num_mel_bins': f.num_mel_bins}}")
+        raise ExportError(
+            f"{source}: ASTFeatureExtractor computes the default Kaldi fbank; these feature settings "
+            f"differ from it: {bad or {'num_mel_bins': f.num_mel_bins}}"
+        )
     if not f.remove_dc_offset and f.subtract_clip_mean:
         raise ExportError(f"{source}: subtract_clip_mean without remove_dc_offset cannot be reproduced by HF")
 
 
-def hf_state_dict(encoder: Encoder, classifier: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def hf_state_dict(
+    encoder: Encoder, classifier: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """Our ViT encoder in the transformers AST key layout (frequency-major tokens, (F, T) kernel).
 
     Position embeddings are those our model uses at its configured grid (``input_frames``,
@@ -571,8 +674,13 @@ def hf_state_dict(encoder: Encoder, classifier: dict[str, torch.Tensor] | None =
         "layernorm.weight": s["backbone.norm.weight"],
         "layernorm.bias": s["backbone.norm.bias"],
     }
-    names = {"norm1": "layernorm_before", "attn.proj": "attention.output.dense", "norm2": "layernorm_after",
-             "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+    names = {
+        "norm1": "layernorm_before",
+        "attn.proj": "attention.output.dense",
+        "norm2": "layernorm_after",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
     for i in range(encoder.num_layers):
         ours, hf = f"backbone.blocks.{i}.", f"encoder.layer.{i}."
         for part in ("weight", "bias"):
@@ -584,10 +692,12 @@ def hf_state_dict(encoder: Encoder, classifier: dict[str, torch.Tensor] | None =
                     out[f"{hf}attention.attention.{name}.{part}"] = t
     if classifier is not None:
         out = {"audio_spectrogram_transformer." + k: v for k, v in out.items()}
-        out |= {"classifier.layernorm.weight": classifier["head.0.weight"],
-                "classifier.layernorm.bias": classifier["head.0.bias"],
-                "classifier.dense.weight": classifier["head.2.weight"],
-                "classifier.dense.bias": classifier["head.2.bias"]}
+        out |= {
+            "classifier.layernorm.weight": classifier["head.0.weight"],
+            "classifier.layernorm.bias": classifier["head.0.bias"],
+            "classifier.dense.weight": classifier["head.2.weight"],
+            "classifier.dense.bias": classifier["head.2.bias"],
+        }
     return {k: v.to(torch.float32).contiguous().clone() for k, v in out.items()}
 
 
@@ -621,7 +731,9 @@ def hf_config(encoder: Encoder, task: dict[str, Any] | None = None) -> dict[str,
         out["id2label"] = {str(i): n for i, n in enumerate(shown)}
         out["label2id"] = {n: i for i, n in enumerate(shown)}
         kind = task.get("kind", "single_label")
-        out["problem_type"] = "multi_label_classification" if kind == "multi_label" else "single_label_classification"
+        out["problem_type"] = (
+            "multi_label_classification" if kind == "multi_label" else "single_label_classification"
+        )
     return out
 
 
@@ -680,14 +792,18 @@ def export_hf(export_dir: str | Path, out_dir: str | Path, encoder_only: bool = 
     if task:
         if task.get("pooling") != "cls":
             raise ExportError(
-                f"{source}: ASTForAudioClassification classifies the mean of the 2 cls outputs, but this model "
-                f"pools with {task.get('pooling')!r}; pass --encoder-only to export the encoder (ASTModel) alone")
+                f"{source}: ASTForAudioClassification classifies the mean of the 2 cls outputs, but this "
+                f"model pools with {task.get('pooling')!r}; pass --encoder-only to export the encoder "
+                f"(ASTModel) alone"
+            )
         state = load_file(str(weights))
         need = ["head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"]
         extra = sorted(k for k in state if k.startswith("head.") and k not in need)
         if any(k not in state for k in need) or extra:
-            raise ExportError(f"{weights}: expected a LayerNorm + Linear head ({need}); found "
-                              f"{sorted(k for k in state if k.startswith('head.'))}")
+            raise ExportError(
+                f"{weights}: expected a LayerNorm + Linear head ({need}); found "
+                f"{sorted(k for k in state if k.startswith('head.'))}"
+            )
         classifier = {k: state[k] for k in need}
     tensors = {WEIGHTS_NAME: hf_state_dict(encoder, classifier)}
     files = {CONFIG_NAME: hf_config(encoder, task), HF_PREPROCESSOR_NAME: hf_preprocessor_config(config)}
@@ -700,13 +816,22 @@ def export_hf(export_dir: str | Path, out_dir: str | Path, encoder_only: bool = 
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
-    out = import_checkpoint(args.src, args.out_dir, fmt=args.format, keep_heads=False if args.drop_heads else None,
-                            fstride=args.fstride, tstride=args.tstride, input_frames=args.input_frames)
+    out = import_checkpoint(
+        args.src,
+        args.out_dir,
+        fmt=args.format,
+        keep_heads=False if args.drop_heads else None,
+        fstride=args.fstride,
+        tstride=args.tstride,
+        input_frames=args.input_frames,
+    )
     cfg = json.loads((out / CONFIG_NAME).read_text())
     files = sorted(p.name for p in out.iterdir())
-    print(f"wrote {out}: {cfg['backbone']} {cfg['backbone_config']['dim']}x{cfg['backbone_config']['depth']}, "
-          f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
-          f"{cfg['backbone_config']['num_cls']} cls; files {files}")
+    print(
+        f"wrote {out}: {cfg['backbone']} {cfg['backbone_config']['dim']}x{cfg['backbone_config']['depth']}, "
+        f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
+        f"{cfg['backbone_config']['num_cls']} cls; files {files}"
+    )
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
@@ -717,19 +842,34 @@ def _cmd_export_hf(args: argparse.Namespace) -> None:
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``import-checkpoint`` and ``export-hf`` on ``python -m pretrain``'s subparsers."""
-    p = subparsers.add_parser("import-checkpoint", help="convert a published SSAST/AST .pth into an export directory")
+    p = subparsers.add_parser(
+        "import-checkpoint", help="convert a published SSAST/AST .pth into an export directory"
+    )
     p.add_argument("src", help="the .pth file (read with torch.load(weights_only=True): no code is run)")
     p.add_argument("out_dir", help="export directory to write (config.json + model.safetensors [+ heads])")
-    p.add_argument("--format", choices=FORMATS, default=None,
-                   help="ssast: pretraining checkpoint (has p_input_fdim); ast: fine-tuned AST/SSAST (default: detect)")
-    p.add_argument("--drop-heads", action="store_true",
-                   help="do not keep the pretraining heads (cpredlayer/gpredlayer) or AST's mlp_head")
-    p.add_argument("--fstride", type=int, default=None, help="frequency stride, if it cannot be inferred (ast)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="ssast: pretraining checkpoint (has p_input_fdim); ast: fine-tuned AST/SSAST (default: detect)",
+    )
+    p.add_argument(
+        "--drop-heads",
+        action="store_true",
+        help="do not keep the pretraining heads (cpredlayer/gpredlayer) or AST's mlp_head",
+    )
+    p.add_argument(
+        "--fstride", type=int, default=None, help="frequency stride, if it cannot be inferred (ast)"
+    )
     p.add_argument("--tstride", type=int, default=None, help="time stride, if it cannot be inferred (ast)")
-    p.add_argument("--input-frames", type=int, default=None, help="input length in frames (ast; default inferred)")
+    p.add_argument(
+        "--input-frames", type=int, default=None, help="input length in frames (ast; default inferred)"
+    )
     p.set_defaults(func=_cmd_import)
     p = subparsers.add_parser("export-hf", help="write a transformers ASTModel directory from a ViT export")
     p.add_argument("export_dir", help="an export directory (pretrained or fine-tuned)")
     p.add_argument("out_dir", help="directory for transformers' from_pretrained")
-    p.add_argument("--encoder-only", action="store_true", help="export only the encoder of a fine-tuned model")
+    p.add_argument(
+        "--encoder-only", action="store_true", help="export only the encoder of a fine-tuned model"
+    )
     p.set_defaults(func=_cmd_export_hf)
