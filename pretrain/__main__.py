@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--allow-pipe", action="store_true", help="allow pipe: URLs (they run shell commands)")
     p.set_defaults(func=cmd_stats)
 
+    from .interop import add_cli
+
+    add_cli(sub)  # import-checkpoint, export-hf
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from .config import RecipeError

@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
-from .encoder import Encoder, EncoderConfig
+from .encoder import Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
@@ -326,6 +326,9 @@ def train(recipe: Recipe) -> Path:
     if recipe.model.gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)
     model = Pretrainer(encoder, recipe.objective.nce_weight, recipe.objective.mse_weight)
+    heads = Path(recipe.model.init_from or "") / "heads.safetensors"
+    if recipe.model.init_from and heads.is_file():  # continue pretraining with the exported heads
+        load_state_strict(model.objective, load_file(str(heads)), str(heads))
     optimizer = build_optimizer(recipe, model)
     model, optimizer = acc.prepare(model, optimizer)
     core: Pretrainer = acc.unwrap_model(model)
