@@ -84,7 +84,7 @@ class Classifier(nn.Module):
         if not task or "labels" not in task:
             raise ExportError(f"{directory}: not a fine-tuned model (config.json has no task labels); "
                               "fine-tune it first or use `finetune embed` for encoder features")
-        encoder = Encoder(EncoderConfig.from_dict(config, source=str(Path(directory) / "config.json")))
+        encoder = build_encoder(config, directory)
         model = cls(encoder, task["labels"], pooling=task.get("pooling", "mean"), kind=task.get("kind", "single_label"))
         load_state_strict(model, load_file(str(weights)), str(weights))
         model.target_frames = int(task.get("target_frames", encoder.config.input_frames))
@@ -97,7 +97,18 @@ def load_encoder(directory: str, random_init: bool = False, seed: int = 0) -> En
         return Encoder.from_pretrained(directory)
     config, _ = read_export(directory)
     torch.manual_seed(seed)
-    return Encoder(EncoderConfig.from_dict(config, source=str(Path(directory) / "config.json")))
+    return build_encoder(config, directory)
+
+
+def build_encoder(config: dict[str, Any], directory: str | os.PathLike) -> Encoder:
+    """An Encoder (random weights) from an export's config; bad values become an ExportError naming the file."""
+    source = str(Path(directory) / "config.json")
+    try:
+        return Encoder(EncoderConfig.from_dict(config, source=source))
+    except ExportError:
+        raise
+    except (ValueError, TypeError) as e:  # unknown backbone, bad backbone options, wrong value types
+        raise ExportError(f"{source}: {e}") from e
 
 
 def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_decay: float,

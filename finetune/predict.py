@@ -19,7 +19,7 @@ import torch
 from data_prep.audio import AudioError, load_audio
 from pretrain.encoder import Encoder, read_export
 from pretrain.features import fbank, normalize
-from pretrain.patches import samples_for_frames
+from pretrain.patches import samples_for_frames, valid_patches
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
@@ -119,17 +119,33 @@ def predict(model_dir: str, paths: list[str], top_k: int = 5, hop_seconds: float
 def embed(model_dir: str, paths: list[str], out_dir: str, hop_seconds: float | None = None,
           target_frames: int | None = None) -> tuple[list[Path], list[dict[str, str]]]:
     """Write ``OUT/<name>.npz`` per file: ``pooled`` (D,), ``layers`` (L, D) mean-pooled block outputs,
-    ``windows_pooled`` (W, D) per window; works for any export, pretrained or fine-tuned."""
+    ``windows_pooled`` (W, D) per window; works for any export, pretrained or fine-tuned.
+
+    Means run over the patches holding real frames, then over windows; a repeated file name gets ``_1``."""
     encoder = Encoder.from_pretrained(model_dir).eval()
     target = target_frames or encoder.config.input_frames
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
-    for path, starts, feats, _frames in iter_windows(expand_paths(paths), encoder, target, hop_seconds, errors):
+    used: set[str] = set()
+    cfg = encoder.config
+    for path, starts, feats, frames in iter_windows(expand_paths(paths), encoder, target, hop_seconds, errors):
         res = encoder(feats, output_hidden_states=True)
-        pooled = res.patches.mean(1)  # (W, D)
-        layers = torch.stack([h.mean(1) for h in res.hidden_states], 1) if res.hidden_states else pooled[:, None]
-        name = out / (path.stem + ".npz")
+        # mean over the patches that hold real frames (a short file's zero padding is left out, as in training)
+        valid = valid_patches(frames, res.grid, cfg.patch, cfg.stride).to(res.patches.dtype).unsqueeze(-1)
+
+        def pool(h: torch.Tensor, valid=valid) -> torch.Tensor:
+            return (h * valid).sum(1) / valid.sum(1).clamp_min(1)
+
+        pooled = pool(res.patches)  # (W, D)
+        layers = torch.stack([pool(h) for h in res.hidden_states], 1) if res.hidden_states else pooled[:, None]
+        stem = path.stem
+        for n in range(1, len(used) + 2):  # two inputs with the same name do not overwrite each other
+            if stem not in used:
+                break
+            stem = f"{path.stem}_{n}"
+        used.add(stem)
+        name = out / (stem + ".npz")
         tmp = name.with_suffix(".tmp.npz")
         np.savez(tmp, pooled=pooled.mean(0).numpy(), layers=layers.mean(0).numpy(), windows_pooled=pooled.numpy(),
                  window_starts_s=np.array(starts) / encoder.config.features.sample_rate)

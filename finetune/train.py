@@ -9,6 +9,7 @@ import copy
 import json
 import math
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object, set_seed
 
+from pretrain.config import RecipeError, save_recipe
 from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
 from pretrain.encoder import ExportError
-from pretrain.features import Normalization
+from pretrain.features import FeatureConfig, Normalization
 from pretrain.stats import compute_stats
 from pretrain.train import Progress, make_accelerator
 
@@ -38,6 +40,9 @@ class FoldWeight:
 
     def __call__(self, meta: dict[str, Any]) -> float:
         return float((meta.get("fold") in self.folds) == self.keep)
+
+    def __repr__(self) -> str:
+        return f"fold {'in' if self.keep else 'not in'} {sorted(self.folds)}"
 
 
 class BalancedWeight:
@@ -62,6 +67,24 @@ def check_vocabulary(shards: ShardSet, labels: list[str]) -> None:
                         f"(it knows {len(labels)} labels: {labels[:10]}{' ...' if len(labels) > 10 else ''})")
 
 
+def check_fold_field(shards: ShardSet) -> None:
+    """k-fold needs a ``fold`` in the samples' json: look at the first sample of the first local shard.
+
+    Without it every clip would train and none would test (found only after training)."""
+    url = shards.urls[0]
+    if "://" in url or url.startswith("pipe:"):
+        return
+    try:
+        with tarfile.open(url) as tar:
+            member = next((m for m in tar if m.name.endswith(".json")), None)
+            meta = json.loads(tar.extractfile(member).read()) if member else {}
+    except (OSError, tarfile.TarError, ValueError):
+        return  # an unreadable shard is reported by the loader
+    if "fold" not in meta or meta["fold"] is None:
+        raise DataError(f"{url}: data.folds needs a 'fold' in every sample's json and this shard's samples "
+                        "have none (shard a manifest with a fold column, or an esc50 layout)")
+
+
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, targets)
@@ -69,7 +92,7 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.T
 
 
 def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, train: ShardSet,
-                          run_dir: Path, acc) -> Normalization:
+                          run_dir: Path, acc, features: FeatureConfig | None = None) -> Normalization:
     f = recipe.features
     if f.mean is not None and f.std is not None:
         return Normalization(f.mean, f.std)
@@ -80,7 +103,7 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
         return encoder_norm
     cache = run_dir / "stats.json"
     if acc.is_main_process and not cache.is_file():
-        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe)
+        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features)
         cache.write_text(json.dumps(s))
     acc.wait_for_everyone()
     s = json.loads(cache.read_text())
@@ -107,6 +130,9 @@ def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRec
         keys += batch["keys"]
     model.train(was_training)
     parts = gather_object([(np.concatenate(scores) if scores else None, np.concatenate(targets) if targets else None, keys)])
+    if all(p[0] is None for p in parts):
+        which = f" after the filter {weight!r}" if weight is not None else ""
+        raise DataError(f"{shards.source}: no labeled sample to evaluate{which}")
     s = np.concatenate([p[0] for p in parts if p[0] is not None])
     t = np.concatenate([p[1] for p in parts if p[1] is not None])
     return s, t, [k for p in parts for k in p[2]]
@@ -136,12 +162,16 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     if not train_set.vocabulary:
         raise DataError(f"{train_set.source}: no label vocabulary in index.json; fine-tuning needs labeled shards")
     labels = list(train_set.vocabulary)
-    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid else None
-    test_set = resolve_shards(d.test, d.allow_pipe) if d.test else None
+    # with folds, the held-out fold of data.train is the test set: data.valid / data.test are not read
+    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid and fold is None else None
+    test_set = resolve_shards(d.test, d.allow_pipe) if d.test and fold is None else None
     train_weight = eval_weight = None
     if fold is not None:
+        check_fold_field(train_set)
         train_weight, eval_weight = FoldWeight([fold], keep=False), FoldWeight([fold], keep=True)
-        valid_set = test_set = train_set
+        # The held-out fold is the test set. It is not also used as "valid": choosing the best epoch on
+        # the fold that is then reported would leak; the last epoch (or the weight average) is kept.
+        valid_set, test_set = None, train_set
     if d.balanced:
         counts = (train_set.index or {}).get("label_counts")
         if not counts:
@@ -153,14 +183,19 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "config.json")
     set_seed(t.seed)
     encoder = load_encoder(recipe.model.encoder, recipe.model.random_init, seed=t.seed)
-    norm = resolve_normalization(recipe, encoder.config.normalization, train_set, run_dir, acc)
+    norm = resolve_normalization(recipe, encoder.config.normalization, train_set, run_dir, acc,
+                                 encoder.config.features)
     encoder.config.normalization = norm
     if recipe.model.stride:
         encoder.set_stride(tuple(recipe.model.stride))
-    model = Classifier(encoder, labels, recipe.model.pooling, recipe.task.kind, recipe.model.head_dropout,
-                       linear_probe=recipe.model.mode == "linear_probe")
+    try:
+        model = Classifier(encoder, labels, recipe.model.pooling, recipe.task.kind, recipe.model.head_dropout,
+                           linear_probe=recipe.model.mode == "linear_probe")
+    except ValueError as e:
+        raise RecipeError(f"model.pooling: {e}") from e
     o = recipe.optim
     groups = layer_decay_groups(model, o.lr, o.weight_decay, recipe.model.layer_decay, o.head_lr_mult)
     opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
