@@ -11,7 +11,9 @@ event rate and background noise are drawn from overlapping ranges within every c
 chirp_up/chirp_down, click_train/crackle and noise_bursts/band_noise have the same long-term spectrum
 distribution, so a classifier on the time-averaged spectrum cannot separate them: the task is learnable
 from the time-frequency patterns but not trivial. Every clip lies over background noise of random
-colour at a random SNR (3–30 dB), sometimes with mains hum.
+colour at a random SNR (3–30 dB), sometimes with mains hum. Measured on 480 clips (seed 0): a linear
+classifier on the time-averaged 64-bin log-mel reaches 26% cross-validated accuracy (chance: 8%), a
+4-layer CNN on the log-mel itself 72% after 5 epochs.
 
 Determinism: clip ``i`` uses its own generator seeded from ``(seed, i)``; Ogg's random stream serial
 number (libsndfile draws it from the clock) is rewritten to a value derived from ``(seed, i)``, so one
