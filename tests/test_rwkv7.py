@@ -128,6 +128,18 @@ def test_fp32_at_the_decay_floor_long_sequence_is_finite_and_accurate():
         assert rel_err(y, ref) <= 1e-4, chunk
 
 
+def test_kernel_computes_in_fp32_under_autocast_and_for_bf16_inputs():
+    x = kernel_inputs(1, 40, 1, 16, torch.float32, seed=2)
+    ref = wkv7(*x, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = wkv7(*x, chunk_size=16)
+    assert y.dtype == torch.float32 and rel_err(y, ref) <= 1e-6
+    xb = [t.bfloat16() for t in x]
+    yb = wkv7(*xb, chunk_size=16)
+    assert yb.dtype == torch.bfloat16
+    assert rel_err(yb, wkv7(*[t.float() for t in xb], chunk_size=16)) <= 1e-2  # only the output rounding
+
+
 def test_kernel_rejects_bad_inputs():
     x = kernel_inputs(1, 8, 1, 4, torch.float32)
     with pytest.raises(ValueError, match="log_w has shape"):

@@ -83,6 +83,20 @@ def wkv7(
     any ``T`` works (padded internally to a multiple of ``chunk_size``). Differentiable by autograd.
     """
     _check_inputs({"r": r, "log_w": log_w, "k": k, "v": v, "a": a, "b": b}, chunk_size)
+    # Autocast (bf16 training) must not push the chunk maths back to low precision.
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _wkv7_chunked(r, log_w, k, v, a, b, chunk_size)
+
+
+def _wkv7_chunked(
+    r: torch.Tensor,
+    log_w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
     out_dtype = r.dtype
     calc = torch.float64 if out_dtype == torch.float64 else torch.float32
     bsz, length, heads, n = r.shape
