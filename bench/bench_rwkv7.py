@@ -1,0 +1,204 @@
+"""Benchmark the AudioRWKV backbone on CPU.
+
+1. ``kernel``: the chunked WKV-7 op vs the naive per-step loop (the test oracle), forward + backward,
+   one direction, A-RWKV-T head layout (3 heads of 64), at 512 / 2048 / 8192 tokens.
+2. ``encoder``: the whole tiny encoder (A-RWKV-T) vs ViT-tiny with SDPA and with naive attention,
+   batch 1, time and peak memory vs tokens: forward-only (no_grad) up to 16,384 tokens (32,768
+   frames, 5 min 28 s of audio) and forward + backward up to 8,192 tokens.
+
+Every case runs in a fresh subprocess, so the peak resident memory (``ru_maxrss``) minus the
+resident size just before the measured call is that case's own peak. Times are the best of
+``--repeat`` runs after one warm-up (one run and no warm-up for the big cases).
+Cases whose estimated memory exceeds ``--max-gb`` are skipped and reported as such.
+
+    .venv/bin/python bench/bench_rwkv7.py kernel
+    .venv/bin/python bench/bench_rwkv7.py encoder [--max-tokens-fwd 16384 --max-tokens-bwd 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _measure(fn, repeat: int, warmup: bool) -> dict:
+    """Peak memory of the first (cold) call; time = best of ``repeat`` further calls (or the cold one)."""
+    base = _rss_kb()
+    t0 = time.perf_counter()
+    fn()
+    cold = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = [cold] if not warmup else []
+    for _ in range(repeat if warmup else 0):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "peak_mb": max(peak - base, 0) / 1024}
+
+
+def run_case(case: dict) -> dict:
+    """Executed in the child process."""
+    import torch
+
+    torch.set_num_threads(case["threads"])
+    torch.manual_seed(0)
+    if case["kind"] == "kernel":
+        sys.path.insert(0, str(ROOT))
+        from pretrain.backbones.wkv7 import wkv7
+        from tests.test_rwkv7 import kernel_inputs, naive_wkv7
+
+        x = kernel_inputs(1, case["tokens"], 3, 64, torch.float32, seed=1)
+        x = [t.requires_grad_() for t in x]
+        if case["impl"] == "naive":
+            op = naive_wkv7
+        else:
+
+            def op(*t):
+                return wkv7(*t, chunk_size=case["chunk"])
+
+        def step():
+            for t in x:
+                t.grad = None
+            op(*x).square().mean().backward()
+
+        return _measure(step, case["repeat"], case["warmup"])
+
+    from pretrain.backbones import make_backbone_config
+    from pretrain.encoder import Encoder, EncoderConfig
+
+    frames = case["tokens"] // 8 * 16
+    if case["model"] == "rwkv7":
+        name, cfg = "rwkv7", dataclasses.asdict(make_backbone_config("rwkv7", "t"))
+    else:  # "vit-sdpa" | "vit-naive"
+        attention = case["model"].split("-")[1]
+        name, cfg = "vit", dataclasses.asdict(make_backbone_config("vit", "tiny", attention=attention))
+    enc = Encoder(EncoderConfig(backbone=name, backbone_config=cfg, input_frames=1024))
+    fbank = torch.randn(1, frames, 128)
+    if case["backward"]:
+        enc.train()
+
+        def step():
+            enc.zero_grad(set_to_none=True)
+            enc(fbank).patches.square().mean().backward()
+
+    else:
+        enc.eval()
+
+        def step():
+            with torch.no_grad():
+                enc(fbank)
+
+    return _measure(step, case["repeat"], case["warmup"])
+
+
+def spawn(case: dict, timeout: float) -> dict:
+    cmd = [sys.executable, __file__, "_child", json.dumps(case)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(res: dict) -> tuple[str, str]:
+    if "error" in res:
+        return res["error"], "-"
+    if "skipped" in res:
+        return res["skipped"], "-"
+    return f"{res['seconds']:.3f}", f"{res['peak_mb']:.0f}"
+
+
+def bench_kernel(args) -> None:
+    print("| tokens | naive loop s | naive MB | chunked C=16 s | C=32 s | C=64 s | C=32 MB | speed-up (C=32) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tokens in args.tokens or [512, 2048, 8192]:
+        big = tokens >= 8192
+        common = {"kind": "kernel", "tokens": tokens, "threads": args.threads, "repeat": 1 if big else args.repeat, "warmup": not big}
+        naive = spawn(common | {"impl": "naive"}, args.timeout)
+        chunked = {c: spawn(common | {"impl": "chunked", "chunk": c}, args.timeout) for c in (16, 32, 64)}
+        ratio = "-"
+        if "seconds" in naive and "seconds" in chunked[32]:
+            ratio = f"{naive['seconds'] / chunked[32]['seconds']:.1f}x"
+        n_s, n_mb = fmt(naive)
+        print(
+            f"| {tokens} | {n_s} | {n_mb} | {fmt(chunked[16])[0]} | {fmt(chunked[32])[0]} | "
+            f"{fmt(chunked[64])[0]} | {fmt(chunked[32])[1]} | {ratio} |",
+            flush=True,
+        )
+
+
+def naive_attention_gb(tokens: int, backward: bool) -> float:
+    # 3 heads, fp32 score + probability matrices; with backward every layer keeps both.
+    per_layer = 2 * 3 * tokens * tokens * 4 / 2**30
+    return per_layer * (12 if backward else 1)
+
+
+def bench_encoder(args) -> None:
+    models = ["rwkv7", "vit-sdpa", "vit-naive"]
+    for backward in (False, True):
+        limit = args.max_tokens_bwd if backward else args.max_tokens_fwd
+        title = "forward + backward" if backward else "forward only (no_grad)"
+        print(f"\n{title}, batch 1\n")
+        print("| tokens | audio | A-RWKV-T s | MB | ViT-T SDPA s | MB | ViT-T naive s | MB | SDPA / RWKV | naive / RWKV |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        tokens = 512
+        while tokens <= limit:
+            big = tokens >= 4096
+            res = {}
+            for m in models:
+                case = {"kind": "encoder", "model": m, "tokens": tokens, "backward": backward, "threads": args.threads}
+                case |= {"repeat": 1 if big else args.repeat, "warmup": not big}
+                if m == "vit-naive" and naive_attention_gb(tokens, backward) > args.max_gb:
+                    res[m] = {"skipped": f"skipped (~{naive_attention_gb(tokens, backward):.0f} GB)"}
+                    continue
+                res[m] = spawn(case, args.timeout)
+            secs = tokens * 2 / 100  # 16 frames per token row of 8, 10 ms hop
+            cells = []
+            for m in models:
+                cells += list(fmt(res[m]))
+            ratios = []
+            for m in models[1:]:
+                ok = "seconds" in res[m] and "seconds" in res["rwkv7"]
+                ratios.append(f"{res[m]['seconds'] / res['rwkv7']['seconds']:.2f}x" if ok else "-")
+            audio = f"{int(secs // 60)}:{secs % 60:04.1f}"
+            print(f"| {tokens} | {audio} | " + " | ".join(cells + ratios) + " |", flush=True)
+            tokens *= 2
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "_child":
+        print(json.dumps(run_case(json.loads(sys.argv[2]))))
+        return
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["kernel", "encoder"])
+    p.add_argument("--tokens", type=int, nargs="*", help="kernel: token counts (default 512 2048 8192)")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per case (the machine is shared)")
+    p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--max-tokens-fwd", type=int, default=16384)
+    p.add_argument("--max-tokens-bwd", type=int, default=8192)
+    p.add_argument("--max-gb", type=float, default=5.0, help="skip naive-attention cases estimated above this")
+    args = p.parse_args()
+    print(f"# torch threads {args.threads}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    bench_kernel(args) if args.what == "kernel" else bench_encoder(args)
+    print(f"# load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
