@@ -19,6 +19,7 @@ every skipped input with its reason); split corpora also get a top-level ``OUT/i
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -37,6 +38,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import numpy as np
 
 from data_prep import audio, sources
 
@@ -378,33 +381,53 @@ class _Workers:
         self._threads: int | None = None
 
     def __enter__(self) -> _Workers:
-        if self.workers > 1:
-            # fork (as torch's DataLoader does on Linux): workers start at once with the audio stack already
-            # imported (a spawn/forkserver start imports torch again, seconds on a busy machine). Each worker
-            # sets torch to one thread before any torch op, so no OpenMP pool is used across the fork.
-            methods = mp.get_all_start_methods()
-            ctx = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else None)
-            self.pool = ctx.Pool(self.workers, initializer=_worker_init)
-        else:
-            import torch
+        import torch
 
-            self._threads = torch.get_num_threads()
-            torch.set_num_threads(1)
+        # One torch thread here too: the 1-worker run renders in this process, and kernels built here before
+        # a fork must not start an OpenMP pool that the forked workers would inherit.
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+        self._stop_pool()
         if self._threads is not None:
             import torch
 
             torch.set_num_threads(self._threads)
 
-    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> Iterator[Any]:
+    def _start_pool(self) -> Any:
         if self.pool is None:
+            # fork (as torch's DataLoader does on Linux): workers start at once with the audio stack already
+            # imported (a spawn/forkserver start imports torch again, seconds on a busy machine) and inherit
+            # the resampling kernels warmed by ``warm``. gc.freeze: the children's garbage collector then
+            # leaves the inherited objects alone instead of copying every page it touches.
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("fork" if "fork" in methods and sys.platform == "linux" else None)
+            gc.freeze()
+            try:
+                self.pool = ctx.Pool(self.workers, initializer=_worker_init)
+            finally:
+                gc.unfreeze()
+        return self.pool
+
+    def _stop_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+    def warm(self, sample_rates: Iterable[int]) -> None:
+        """Build the resampling kernels of ``sample_rates`` here, once, before the workers fork."""
+        self._stop_pool()  # the probing pool predates the kernels; the render pool will inherit them
+        for rate in sorted(set(sample_rates)):
+            with contextlib.suppress(Exception):  # only a speed-up: a failure shows up per file later
+                audio.resample(np.zeros(rate // 10 + 1, dtype=np.float32), int(rate), audio.TARGET_SR)
+
+    def _map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunksize: int) -> Iterator[Any]:
+        if self.workers <= 1:
             return map(fn, items)
-        return self.pool.imap(fn, items, chunksize=chunksize)
+        return self._start_pool().imap(fn, items, chunksize=chunksize)
 
     def probe(self, paths: list[str]) -> Iterator[tuple[float, int, int] | str]:
         return self._map(probe_file, paths, max(1, min(64, len(paths) // (self.workers * 8))))
@@ -744,6 +767,7 @@ def shard_corpus(opts: ShardOptions) -> ShardSummary:
                 f"--strict: {len(plan['skipped'])} inputs cannot be used: {_skip_summary(plan['skipped'])}"
             )
         todo, results = _render_tasks(out, plan)
+        pool.warm(s["orig_sr"] for task in todo for s in task["samples"])
         total_seconds = sum(s["duration_s"] for task in todo for s in task["samples"])
         progress = Progress(
             "render", sum(len(task["samples"]) for task in todo), total_seconds, opts.progress
