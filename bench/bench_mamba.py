@@ -1,0 +1,162 @@
+"""Benchmark the Mamba backbone (issue 5): the selective scan against the per-step loop, and the tiny
+encoder against ViT-tiny (SDPA and naive attention) as the number of tokens grows.
+
+Every measurement runs in a fresh subprocess so that its peak RSS (``ru_maxrss`` minus the RSS just
+before the timed call) is its own. CPU only here; time is the wall clock of one call after a
+small warm-up call (the machine is shared: every size runs once).
+
+    python bench/bench_mamba.py scan [--lengths 512 2048 8192]
+    python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The naive attention's score matrices: skip sizes whose (heads x N x N) fp32 scores would exceed this.
+NAIVE_SCORE_LIMIT_GB = 1.5
+# One intra-op thread: on a shared 2-core machine a second OpenMP thread makes every parallel op wait
+# for a scheduler slot (measured 9x slower for the Mamba encoder, which runs many small ops).
+THREADS = int(os.environ.get("BENCH_THREADS", "1"))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_scan_case(impl: str, length: int, channels: int, state: int) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sys.path.insert(0, str(ROOT))
+    from pretrain.backbones.selective_scan import selective_scan
+    from tests.test_mamba import naive_selective_scan
+
+    torch.manual_seed(0)
+    u = torch.randn(1, length, channels, requires_grad=True)
+    delta = torch.randn(1, length, channels, requires_grad=True)
+    A = -torch.arange(1, state + 1, dtype=torch.float32).repeat(channels, 1)
+    B = torch.randn(1, length, state, requires_grad=True)
+    C = torch.randn(1, length, state, requires_grad=True)
+    fn = selective_scan if impl == "chunked" else naive_selective_scan
+    w = [t[:, :64].detach().requires_grad_() for t in (u, delta, B, C)]  # warm-up: first-call overheads
+    fn(w[0], w[1], A, w[2], w[3], None, None, None, True).sum().backward()
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    y = fn(u, delta, A, B, C, None, None, None, True)
+    y.square().mean().backward()
+    elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
+
+
+def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sys.path.insert(0, str(ROOT))
+    from pretrain.encoder import Encoder, EncoderConfig
+
+    torch.manual_seed(0)
+    if model == "mamba":
+        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml
+        bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum")
+        config = EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=1024)
+    else:
+        attention = model.split("-")[1]
+        config = EncoderConfig(backbone="vit", backbone_config=dict(dim=192, depth=12, num_heads=3,
+                                                                    attention=attention), input_frames=1024)
+    encoder = Encoder(config)
+    encoder.train(train)
+    fbank = torch.randn(1, 2 * tokens, 128)  # 128 mel / 16 = 8 rows: tokens = frames / 16 * 8
+    with torch.no_grad():
+        encoder(fbank[:, :64])  # warm-up: first-call overheads
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    if train:
+        encoder(fbank).patches.square().mean().backward()
+    else:
+        with torch.no_grad():
+            encoder(fbank)
+    elapsed = time.perf_counter() - t0
+    return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
+
+
+def _subprocess(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "case", *args], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_scan(lengths: list[int], channels: int, state: int) -> None:
+    print(f"## selective scan forward+backward, batch 1, d_inner {channels}, d_state {state}, fp32, CPU")
+    print("| L | chunked s | per-step s | speed-up | chunked peak MB | per-step peak MB |")
+    print("|---|---|---|---|---|---|")
+    for length in lengths:
+        c = _subprocess(["scan", "chunked", str(length), str(channels), str(state)])
+        n = _subprocess(["scan", "naive", str(length), str(channels), str(state)])
+        print(f"| {length} | {c['seconds']:.3f} | {n['seconds']:.3f} | {n['seconds'] / c['seconds']:.1f}x "
+              f"| {c['peak_mb']:.0f} | {n['peak_mb']:.0f} |", flush=True)
+
+
+def bench_encoder(forward_tokens: list[int], train_tokens: list[int], models: list[str]) -> None:
+    for train, sizes in ((False, forward_tokens), (True, train_tokens)):
+        mode = "forward+backward" if train else "forward only (no_grad)"
+        print(f"## tiny encoders, batch 1, {mode}, fp32, CPU: seconds / peak MB")
+        print("| tokens | " + " | ".join(models) + " |")
+        print("|---" * (len(models) + 1) + "|")
+        for tokens in sizes:
+            cells = []
+            for model in models:
+                heads = 3
+                score_gb = heads * (tokens + 2) ** 2 * 4 / 2**30 * (3 if train else 1)
+                if model == "vit-naive" and score_gb > NAIVE_SCORE_LIMIT_GB:
+                    cells.append(f"skipped ({score_gb:.1f} GB of scores)")
+                    continue
+                r = _subprocess(["encoder", model, str(tokens), str(int(train))])
+                cells.append(r.get("error") or f"{r['seconds']:.2f} s / {r['peak_mb']:.0f} MB")
+            print(f"| {tokens} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("scan")
+    s.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    s.add_argument("--channels", type=int, default=32)
+    s.add_argument("--state", type=int, default=8)
+    e = sub.add_parser("encoder")
+    e.add_argument("--forward-tokens", type=int, nargs="+", default=[512, 2048, 4096, 8192, 16384, 22016])
+    e.add_argument("--train-tokens", type=int, nargs="+", default=[512, 2048, 4096, 8192])
+    e.add_argument("--models", nargs="+", default=["mamba", "vit-sdpa", "vit-naive"])
+    c = sub.add_parser("case")  # internal: one measurement in this process
+    c.add_argument("what", choices=["scan", "encoder"])
+    c.add_argument("rest", nargs="+")
+    args = parser.parse_args()
+    if args.cmd == "scan":
+        bench_scan(args.lengths, args.channels, args.state)
+    elif args.cmd == "encoder":
+        bench_encoder(args.forward_tokens, args.train_tokens, args.models)
+    elif args.what == "scan":
+        impl, length, channels, state = args.rest
+        print(json.dumps(run_scan_case(impl, int(length), int(channels), int(state))))
+    else:
+        model, tokens, train = args.rest
+        print(json.dumps(run_encoder_case(model, int(tokens), bool(int(train)))))
+
+
+if __name__ == "__main__":
+    main()
