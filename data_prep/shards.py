@@ -59,6 +59,7 @@ _PER_SAMPLE_BYTES = 4096
 _PER_SHARD_BYTES = 2 * tarfile.RECORDSIZE
 _TAR_MTIME = 0  # fixed metadata so that tars are byte-deterministic
 _KEY_BASE_CHARS = 64
+_INLINE_PROBE_FILES = 1000  # fewer files are probed in this process (a pool start costs more)
 
 
 class ShardError(Exception):
@@ -430,6 +431,8 @@ class _Workers:
         return self._start_pool().imap(fn, items, chunksize=chunksize)
 
     def probe(self, paths: list[str]) -> Iterator[tuple[float, int, int] | str]:
+        if len(paths) < _INLINE_PROBE_FILES:  # headers take ~1 ms each: not worth starting a pool for
+            return map(probe_file, paths)
         return self._map(probe_file, paths, max(1, min(64, len(paths) // (self.workers * 8))))
 
     def render(
