@@ -206,11 +206,18 @@ def _build(cls: type, data: dict[str, Any], where: str, choices: dict | None = N
 
 
 def parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings), else the raw string."""
+    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings, ``{k = v}`` tables) or
+    JSON (``{"k": v}``), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        pass
+    if text[:1] in "{[":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
