@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pretrain.jsonio import write_json_atomic
+
 from .config import load_finetune_recipe
 from .train import finetune
 
@@ -32,5 +34,5 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
         print(f"  {mode}: pretraining gain {100 * gain:+.1f} accuracy points")
     out = Path(base.run.output_dir) / f"{base.run.name}_compare.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({f"{m}/{i}": v for (m, i), v in rows.items()}, indent=2))
+    write_json_atomic(out, {f"{m}/{i}": v for (m, i), v in rows.items()})
     return rows

@@ -23,6 +23,7 @@ from pretrain.config import RecipeError, save_recipe
 from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
 from pretrain.encoder import ExportError
 from pretrain.features import FeatureConfig, Normalization
+from pretrain.jsonio import write_json_atomic
 from pretrain.stats import compute_stats
 from pretrain.train import Progress, make_accelerator
 
@@ -104,7 +105,7 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
     cache = run_dir / "stats.json"
     if acc.is_main_process and not cache.is_file():
         s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features)
-        cache.write_text(json.dumps(s))
+        write_json_atomic(cache, s)
     acc.wait_for_everyone()
     s = json.loads(cache.read_text())
     return Normalization(float(s["mean"]), float(s["std"]))
@@ -287,9 +288,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         core.save_pretrained(run_dir / "export", d.target_frames,
                              extra={"finetuned_from": recipe.model.encoder, "selected": selected,
                                     "display_names": (train_set.index or {}).get("display_names")})
-        tmp = run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(run_dir / "metrics.json")
+        write_json_atomic(run_dir / "metrics.json", result)
     acc.end_training()
     return result
 
@@ -306,5 +305,5 @@ def finetune_all(recipe: FinetuneRecipe) -> dict[str, Any]:
     summary = {"folds": {str(f): {k: v for k, v in r[key].items() if k != "per_class"} for f, r in per_fold.items()},
                "mean_main": float(np.mean(mains)), "std_main": float(np.std(mains))}
     recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    (recipe.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(recipe.run_dir / "metrics.json", summary)
     return summary

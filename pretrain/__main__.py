@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 
 def _fail(msg: str, code: int = 1) -> None:
@@ -23,16 +22,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
+    from .jsonio import write_json_atomic
     from .stats import compute_stats
 
     stats = compute_stats(args.shards, max_samples=args.max_samples, num_workers=args.workers,
                           allow_pipe=args.allow_pipe)
-    text = json.dumps(stats, indent=2)
     if args.out:
-        tmp = Path(args.out + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(args.out)
-    print(text)
+        write_json_atomic(args.out, stats)
+    print(json.dumps(stats, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

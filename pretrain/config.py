@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .jsonio import write_json_atomic
+
 
 class RecipeError(ValueError):
     """An invalid recipe; the message names the key or value and what is wrong."""
@@ -269,7 +271,4 @@ def load_recipe(
 
 def save_recipe(recipe: Any, path: str | Path) -> None:
     """Write the resolved recipe as JSON (atomically)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(recipe), indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, dataclasses.asdict(recipe))

@@ -21,14 +21,16 @@ def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 
                          features=features, compute_features=False)
     stats = RunningStats()
     clips, t0 = 0, time.time()
+    last = t0
     for batch in make_loader(stream):
         feats, frames = fbank(batch["waves"], batch["lengths"], features)
         stats.update(feats, frames)
         clips += len(batch["keys"])
-        print(f"\rstats: {clips} clips, {clips / max(time.time() - t0, 1e-9):.1f} clips/s", end="", file=sys.stderr)
+        if time.time() - last > 2:
+            last = time.time()
+            print(f"stats: {clips} clips, {clips / max(last - t0, 1e-9):.1f} clips/s", file=sys.stderr)
         if max_samples and clips >= max_samples:
             break
-    print(file=sys.stderr)
     if clips == 0:
         raise DataError(f"{spec}: no readable clips")
     return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source}

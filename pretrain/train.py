@@ -29,6 +29,7 @@ from .config import Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
 from .encoder import Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization
+from .jsonio import write_json_atomic
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
 from .patches import valid_patches
@@ -485,9 +486,7 @@ def train(recipe: Recipe) -> Path:
                    "corrupt_list": corrupt_list,
                    "processes": world, "rank_param_checksums": checksums,
                    "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
-        tmp = run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        tmp.replace(run_dir / "metrics.json")
+        write_json_atomic(run_dir / "metrics.json", metrics)
         print(f"pretrain: done, {state.step} steps; encoder exported to {export}", file=sys.stderr)
     acc.end_training()
     return export
