@@ -188,6 +188,8 @@ class Encoder(nn.Module):
     # ----- export -----
     def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (temporary directory, then rename)."""
+        # The backbone may have changed form since construction (e.g. re-parameterized CNN).
+        self.config.backbone_config = dataclasses.asdict(self.backbone.config)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         return write_export(directory, self.config.to_dict() | (extra or {}), {WEIGHTS_NAME: state})
 
