@@ -228,8 +228,14 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state, strict=True)
 
 
-def write_export(directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, dict]) -> Path:
-    """Write ``config.json`` and safetensors files to ``directory`` atomically."""
+def write_export(
+    directory: str | os.PathLike,
+    config: dict[str, Any] | None,
+    tensors: dict[str, dict],
+    json_files: dict[str, dict] | None = None,
+) -> Path:
+    """Write ``config.json`` (unless None), other JSON files and safetensors files to ``directory``
+    atomically: everything goes to a temporary directory that replaces ``directory`` at the end."""
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp-export")
     if tmp.exists():
@@ -237,7 +243,9 @@ def write_export(directory: str | os.PathLike, config: dict[str, Any], tensors: 
     tmp.mkdir(parents=True)
     for name, state in tensors.items():
         save_file(state, str(tmp / name), metadata={"format": "pt"})
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+    files = ({CONFIG_NAME: config} if config is not None else {}) | (json_files or {})
+    for name, obj in files.items():
+        (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
     if directory.exists():
         old = directory.with_name(directory.name + ".old-export")
         if old.exists():

@@ -39,13 +39,12 @@ import argparse
 import hashlib
 import json
 import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .encoder import (
     CONFIG_NAME,
@@ -754,27 +753,6 @@ def hf_preprocessor_config(config: EncoderConfig) -> dict[str, Any]:
     }
 
 
-def _write_dir_atomic(directory: Path, json_files: dict[str, dict], tensors: dict[str, dict]) -> Path:
-    tmp = directory.with_name(directory.name + ".tmp-export")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    for name, state in tensors.items():
-        save_file(state, str(tmp / name), metadata={"format": "pt"})
-    for name, obj in json_files.items():
-        (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
-    if directory.exists():
-        old = directory.with_name(directory.name + ".old-export")
-        if old.exists():
-            shutil.rmtree(old)
-        directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(directory)
-    return directory
-
-
 def export_hf(export_dir: str | Path, out_dir: str | Path, encoder_only: bool = False) -> Path:
     """Write ``out_dir`` loadable by ``transformers.ASTModel`` (or ``ASTForAudioClassification`` for a
     fine-tuned model whose head pools the cls tokens); returns it.
@@ -807,7 +785,7 @@ def export_hf(export_dir: str | Path, out_dir: str | Path, encoder_only: bool = 
         classifier = {k: state[k] for k in need}
     tensors = {WEIGHTS_NAME: hf_state_dict(encoder, classifier)}
     files = {CONFIG_NAME: hf_config(encoder, task), HF_PREPROCESSOR_NAME: hf_preprocessor_config(config)}
-    return _write_dir_atomic(Path(out_dir), files, tensors)
+    return write_export(out_dir, None, tensors, json_files=files)
 
 
 # ------------------------------------------------------------------------------------------------
