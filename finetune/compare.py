@@ -1,4 +1,8 @@
-"""The demo's proof: the same fine-tuning from the pretrained encoder and from a random init."""
+"""The demo's proof: the same fine-tuning from the pretrained encoder and from a random init.
+
+Linear probes follow MAE's protocol: a frozen encoder, a standardizing head (see ``Classifier``) and
+no SpecAugment or mixup (augmenting frozen features only adds noise to the probe).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from pretrain.jsonio import write_json_atomic
 
 from .config import load_finetune_recipe
 from .train import finetune
+
+PROBE_OVERRIDES = ["augment.freqm=0", "augment.timem=0", "augment.mixup=0"]
 
 
 def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
@@ -21,7 +27,7 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
                 f"model.encoder={json.dumps(encoder)}", f"model.mode={mode}",
                 f"model.random_init={'true' if init == 'random' else 'false'}",
                 f"run.name={json.dumps(f'{base.run.name}_{mode}_{init}')}",
-            ])
+            ] + (PROBE_OVERRIDES if mode == "linear_probe" else []))
             res = finetune(r)
             split = "test" if "test" in res else "valid"
             rows[(mode, init)] = {k: res[split][k] for k in ("accuracy", "macro_f1", "top5") if k in res[split]} | {

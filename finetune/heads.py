@@ -23,15 +23,25 @@ from pretrain.patches import valid_patches
 
 
 class Classifier(nn.Module):
-    """``Encoder`` -> pooled features -> ``LayerNorm + Linear`` (SSAST's mlp_head)."""
+    """``Encoder`` -> pooled features -> ``LayerNorm + Linear`` (SSAST's mlp_head).
+
+    A linear probe (``linear_probe=True``) uses MAE's probe head instead: ``BatchNorm1d`` without
+    affine parameters (per-feature standardization) + Linear. SSAST never probes; on the demo task the
+    standardized probe separates pretrained from random features far better than a LayerNorm head.
+    """
 
     def __init__(self, encoder: Encoder, labels: list[str], pooling: str = "mean", kind: str = "single_label",
-                 dropout: float = 0.0, linear_probe: bool = False):
+                 dropout: float = 0.0, linear_probe: bool = False, head_norm: str | None = None):
         super().__init__()
         if pooling == "cls" and encoder.num_cls == 0:
             raise ValueError(f"pooling 'cls' needs a backbone with cls tokens; {encoder.config.backbone} has none")
         self.encoder, self.labels, self.pooling, self.kind = encoder, list(labels), pooling, kind
-        self.head = nn.Sequential(nn.LayerNorm(encoder.dim), nn.Dropout(dropout), nn.Linear(encoder.dim, len(labels)))
+        self.head_norm = head_norm or ("batchnorm" if linear_probe else "layernorm")
+        if self.head_norm not in ("layernorm", "batchnorm"):
+            raise ValueError(f"head_norm must be 'layernorm' or 'batchnorm', not {self.head_norm!r}")
+        norm = (nn.BatchNorm1d(encoder.dim, affine=False, eps=1e-6) if self.head_norm == "batchnorm"
+                else nn.LayerNorm(encoder.dim))
+        self.head = nn.Sequential(norm, nn.Dropout(dropout), nn.Linear(encoder.dim, len(labels)))
         self.linear_probe = linear_probe
         if linear_probe:
             encoder.requires_grad_(False)
@@ -66,7 +76,7 @@ class Classifier(nn.Module):
         return torch.sigmoid(logits) if self.kind == "multi_label" else torch.softmax(logits, -1)
 
     def task_config(self, target_frames: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"labels": self.labels, "kind": self.kind, "pooling": self.pooling,
+        return {"labels": self.labels, "kind": self.kind, "pooling": self.pooling, "head_norm": self.head_norm,
                 "target_frames": target_frames} | (extra or {})
 
     def save_pretrained(self, directory: str | os.PathLike, target_frames: int,
@@ -85,7 +95,8 @@ class Classifier(nn.Module):
             raise ExportError(f"{directory}: not a fine-tuned model (config.json has no task labels); "
                               "fine-tune it first or use `finetune embed` for encoder features")
         encoder = build_encoder(config, directory)
-        model = cls(encoder, task["labels"], pooling=task.get("pooling", "mean"), kind=task.get("kind", "single_label"))
+        model = cls(encoder, task["labels"], pooling=task.get("pooling", "mean"), kind=task.get("kind", "single_label"),
+                    head_norm=task.get("head_norm", "layernorm"))
         load_state_strict(model, load_file(str(weights)), str(weights))
         model.target_frames = int(task.get("target_frames", encoder.config.input_frames))
         return model

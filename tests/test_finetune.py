@@ -309,8 +309,13 @@ def test_linear_probe_freezes_encoder_weights_and_bn_statistics(shards, work):
         assert len(buffers) > 10, "the CNN backbone has BatchNorm running statistics"
     for k, v in before.items():
         assert torch.equal(after[f"encoder.{k}"], v), f"encoder tensor {k} changed under linear probe"
-    ln_w, ln_b = after["head.0.weight"], after["head.0.bias"]
-    assert not torch.equal(ln_w, torch.ones_like(ln_w)) and not torch.equal(ln_b, torch.zeros_like(ln_b))
+    # The probe head (MAE's: feature standardization + Linear) did learn.
+    assert not torch.equal(after["head.0.running_mean"], torch.zeros_like(after["head.0.running_mean"]))
+    assert "head.0.weight" not in after  # BatchNorm without affine parameters
+    config = json.loads((work / "runs" / "probe" / "export" / "config.json").read_text())
+    assert config["task"]["head_norm"] == "batchnorm"
+    reloaded = Classifier.from_pretrained(work / "runs" / "probe" / "export")
+    assert torch.equal(reloaded.head[2].weight, after["head.2.weight"])
 
 
 def test_linear_probe_classifier_keeps_encoder_in_eval_mode(export):
