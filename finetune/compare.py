@@ -1,7 +1,8 @@
 """The demo's proof: the same fine-tuning from the pretrained encoder and from a random init.
 
 Linear probes follow MAE's protocol: a frozen encoder, a standardizing head (see ``Classifier``) and
-no SpecAugment or mixup (augmenting frozen features only adds noise to the probe).
+no SpecAugment or mixup (augmenting frozen features only adds noise to the probe). A probe trains only
+the head, without a backward pass through the encoder, so it gets 4x the recipe's epochs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
                 f"model.encoder={json.dumps(encoder)}", f"model.mode={mode}",
                 f"model.random_init={'true' if init == 'random' else 'false'}",
                 f"run.name={json.dumps(f'{base.run.name}_{mode}_{init}')}",
-            ] + (PROBE_OVERRIDES if mode == "linear_probe" else []))
+            ] + (PROBE_OVERRIDES + [f"train.epochs={4 * base.train.epochs}"] if mode == "linear_probe" else []))
             res = finetune(r)
             split = "test" if "test" in res else "valid"
             rows[(mode, init)] = {k: res[split][k] for k in ("accuracy", "macro_f1", "top5") if k in res[split]} | {

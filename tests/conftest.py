@@ -23,6 +23,16 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: fl
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """24 synthetic clips written in-process (the sharding tests' input)."""
+    from data_prep import synth
+
+    src = tmp_path_factory.mktemp("synth")
+    synth.synthesize(src, clips=24, seed=0, progress=False)
+    return src
+
+
+@pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """36 synthetic clips (mixed formats/rates) with manifest.csv and train/valid/test splits."""
     out = tmp_path_factory.mktemp("corpus") / "corpus"

@@ -17,19 +17,12 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from data_prep import shards, synth
+from data_prep import shards
 from data_prep.__main__ import main
 from data_prep.shards import ShardError, ShardOptions, shard_corpus
 
-CLIPS = 24
+CLIPS = 24  # the shared `corpus` fixture (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("synth")
-    synth.synthesize(src, clips=CLIPS, seed=0, progress=False)
-    return src
 
 
 @pytest.fixture(scope="module")

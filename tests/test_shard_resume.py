@@ -12,19 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from data_prep import synth
 from data_prep.shards import ShardError, ShardOptions, shard_corpus
 
-CLIPS = 24
+CLIPS = 24  # the shared `corpus` fixture (conftest.py)
 PER_SHARD = 2
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    src = tmp_path_factory.mktemp("synth")
-    synth.synthesize(src, clips=CLIPS, seed=0, progress=False)
-    return src
 
 
 @pytest.fixture(scope="module")
