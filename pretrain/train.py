@@ -343,8 +343,8 @@ def train(recipe: Recipe) -> Path:
     if not samples_per_epoch:
         raise TrainingError(f"{shards.source}: the sample count is unknown (no index.json); set data.samples_per_epoch")
     batches_per_epoch = max(1, samples_per_epoch // (t.batch_size * world))
+    run_dir.mkdir(parents=True, exist_ok=True)  # every rank writes its own files there
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, run_dir / "config.json")
         params = sum(p.numel() for p in core.encoder.parameters())
         print(
