@@ -21,11 +21,11 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+import child
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,11 +40,6 @@ MODELS = {
     "mamba-tiny": ("mamba", "tiny", {}, False),
     "rwkv7-t": ("rwkv7", "t", {}, False),
 }
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def build_encoder(backbone: str, preset: str, overrides: dict, frames: int):
@@ -80,31 +75,11 @@ def run_case(case: dict) -> dict:
         enc.zero_grad(set_to_none=True)
         enc(fbank, mask).patches.square().mean().backward()
 
-    warm = frames < 8192
-    base = _rss_kb()
-    t0 = time.perf_counter()
-    step()
-    times = [time.perf_counter() - t0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if warm:
-        times = []
-        for _ in range(case["repeat"]):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-    return {"seconds": min(times), "peak_mb": max(peak - base, 0) / 1024}
+    return child.measure(step, case["repeat"], warmup=frames < 8192)
 
 
 def spawn(case: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "_child", json.dumps(case)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout {timeout:.0f} s"}
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
-        return {"error": f"exit {proc.returncode}: {tail[0][:80]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child.spawn(__file__, case, timeout)
 
 
 def naive_attention_gb(frames: int) -> float:

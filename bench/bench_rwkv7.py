@@ -21,33 +21,12 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+import child
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rss_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def _measure(fn, repeat: int, warmup: bool) -> dict:
-    """Peak memory of the first (cold) call; time = best of ``repeat`` further calls (or the cold one)."""
-    base = _rss_kb()
-    t0 = time.perf_counter()
-    fn()
-    cold = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = [cold] if not warmup else []
-    for _ in range(repeat if warmup else 0):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"seconds": min(times), "peak_mb": max(peak - base, 0) / 1024}
 
 
 def run_case(case: dict) -> dict:
@@ -75,7 +54,7 @@ def run_case(case: dict) -> dict:
                 t.grad = None
             op(*x).square().mean().backward()
 
-        return _measure(step, case["repeat"], case["warmup"])
+        return child.measure(step, case["repeat"], case["warmup"])
 
     from pretrain.backbones import make_backbone_config
     from pretrain.encoder import Encoder, EncoderConfig
@@ -102,18 +81,11 @@ def run_case(case: dict) -> dict:
             with torch.no_grad():
                 enc(fbank)
 
-    return _measure(step, case["repeat"], case["warmup"])
+    return child.measure(step, case["repeat"], case["warmup"])
 
 
 def spawn(case: dict, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "_child", json.dumps(case)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s"}
-    if proc.returncode != 0:
-        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child.spawn(__file__, case, timeout)
 
 
 def fmt(res: dict) -> tuple[str, str]:

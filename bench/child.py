@@ -1,0 +1,49 @@
+"""Run one benchmark case in a fresh interpreter, so its time and peak memory are its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(script: str, case: dict, timeout: float) -> dict:
+    """``python SCRIPT _child JSON`` -> the JSON dict the child prints last, or ``{"error": ...}``."""
+    cmd = [sys.executable, script, "_child", json.dumps(case)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:80]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rss_kb() -> int:
+    """Current resident set size in KiB."""
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def measure(fn, repeat: int, warmup: bool) -> dict:
+    """Peak memory of the first (cold) call; time = best of ``repeat`` further calls (or the cold one)."""
+    import resource
+    import time
+
+    base = rss_kb()
+    t0 = time.perf_counter()
+    fn()
+    cold = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = [cold] if not warmup else []
+    for _ in range(repeat if warmup else 0):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "peak_mb": max(peak - base, 0) / 1024}
