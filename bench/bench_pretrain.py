@@ -65,7 +65,7 @@ def bench_loader(clips: int) -> list[str]:
         m = 0
         for b in make_loader(stream):
             for w, length in zip(b["waves"], b["lengths"]):
-                f = fbank_reference(w[:length], FeatureConfig(subtract_clip_mean=False))
+                f = fbank_reference(w[:length], cfg)
                 f = torch.nn.functional.pad(f, (0, 0, 0, max(0, 1024 - f.shape[0])))[:1024]
                 normalize(f, stream.normalization)
                 m += 1

@@ -18,7 +18,7 @@ import torch
 
 from data_prep.audio import AudioError, load_audio
 from pretrain.encoder import Encoder, read_export
-from pretrain.features import fbank, normalize
+from pretrain.features import model_input, pad_waves
 from pretrain.patches import samples_for_frames, valid_patches
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
@@ -46,15 +46,9 @@ def windows(wave: np.ndarray, window: int, hop: int) -> list[tuple[int, np.ndarr
 
 
 def window_features(encoder: Encoder, chunks: list[np.ndarray], target_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's input for a file's windows, exactly as the training loader builds it."""
     cfg = encoder.config
-    lengths = torch.tensor([c.size for c in chunks])
-    waves = torch.zeros(len(chunks), int(lengths.max()))
-    for i, c in enumerate(chunks):
-        waves[i, : c.size] = torch.from_numpy(c - c.mean() if cfg.features.subtract_clip_mean else c)
-    feats, frames = fbank(waves, lengths, cfg.features)
-    if feats.shape[1] < target_frames:  # zero-pad (before normalization, as in training)
-        feats = torch.nn.functional.pad(feats, (0, 0, 0, target_frames - feats.shape[1]))
-    return normalize(feats[:, :target_frames], cfg.normalization), frames.clamp(max=target_frames)
+    return model_input(*pad_waves(chunks), cfg.features, cfg.normalization, target_frames)
 
 
 def _load(path: Path, sr: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from pretrain.encoder import ExportError
 from pretrain.features import FeatureConfig, Normalization
 from pretrain.jsonio import write_json_atomic
 from pretrain.stats import compute_stats
-from pretrain.train import Progress, make_accelerator
+from pretrain.train import Progress, make_accelerator, warmup_cosine_lr
 
 from .augment import augment_batch
 from .config import FinetuneRecipe
@@ -142,11 +142,9 @@ def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRec
 def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) -> float:
     """SSAST's MultiStepLR(range(start, 1000, step), decay) per epoch, or cosine per step; linear warmup."""
     s, base = recipe.schedule, recipe.optim.lr
-    if s.warmup_steps and step < s.warmup_steps:
-        return base * (step + 1) / s.warmup_steps
-    if s.name == "cosine":
-        t = min(1.0, (step - s.warmup_steps) / max(1, total_steps - s.warmup_steps))
-        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    lr = warmup_cosine_lr(step, base, s.warmup_steps, total_steps, s.min_lr, s.name == "cosine")
+    if lr is not None:
+        return lr
     drops = 0 if epoch < s.start else (epoch - s.start) // s.step + 1
     return base * s.decay ** drops
 

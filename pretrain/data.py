@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-from .features import FeatureConfig, Normalization, fbank, normalize, pad_or_crop
+from .features import FeatureConfig, Normalization, model_input, pad_waves
 from .patches import samples_for_frames
 
 log = logging.getLogger(__name__)
@@ -255,8 +255,7 @@ class ShardStream(IterableDataset):
 
     # ----- decoded clips -----
     def _crop(self, wave: np.ndarray, worker: int, raw_index: int) -> np.ndarray:
-        if self.features.subtract_clip_mean:
-            wave = wave - wave.mean()
+        # No mean subtraction here: fbank() applies config.subtract_clip_mean to what it is given.
         if wave.size <= self.max_samples:
             return wave
         hop = self.features.frame_shift
@@ -291,10 +290,7 @@ class ShardStream(IterableDataset):
 
     def _collate(self, clips: list[tuple[str, np.ndarray, dict, torch.Tensor | None]], worker: int,
                  counters: SampleCounters) -> dict[str, Any]:
-        lengths = torch.tensor([c[1].size for c in clips])
-        waves = torch.zeros(len(clips), int(lengths.max()))
-        for i, (_, w, _, _) in enumerate(clips):
-            waves[i, : w.size] = torch.from_numpy(w)
+        waves, lengths = pad_waves([c[1] for c in clips])
         batch: dict[str, Any] = {
             "keys": [c[0] for c in clips],
             "meta": [c[2] for c in clips],
@@ -316,9 +312,7 @@ class ShardStream(IterableDataset):
 
     def featurize(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized fbank padded to ``target_frames`` and the real frame counts."""
-        feats, frames = fbank(waves, lengths, self.features)
-        feats, frames = pad_or_crop(feats, frames, self.target_frames, crop="start")
-        return normalize(feats, self.normalization), frames
+        return model_input(waves, lengths, self.features, self.normalization, self.target_frames)
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()

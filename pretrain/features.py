@@ -494,6 +494,25 @@ def pad_or_crop(
     return out * keep[:, :, None].to(out.dtype), new_frames
 
 
+def pad_waves(clips: list) -> tuple[Tensor, Tensor]:
+    """A list of 1-D waveforms (numpy or torch) -> zero-padded ``(B, S_max)`` float32 batch and lengths."""
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    waves = torch.zeros(len(clips), int(lengths.max()) if len(clips) else 0)
+    for i, c in enumerate(clips):
+        waves[i, : len(c)] = torch.as_tensor(c, dtype=torch.float32)
+    return waves, lengths
+
+
+def model_input(
+    waves: Tensor, lengths: Tensor, config: FeatureConfig, norm: Normalization, target_frames: int
+) -> tuple[Tensor, Tensor]:
+    """What an encoder reads: fbank, zero-padded or cut from the start to ``target_frames`` (before
+    normalization, as SSAST), then normalized; and each clip's real frame count."""
+    feats, frames = fbank(waves, lengths, config)
+    feats, frames = pad_or_crop(feats, frames, target_frames, crop="start")
+    return normalize(feats, norm), frames
+
+
 class RunningStats:
     """Mean and std of un-normalized fbank values over real (non-padded) frames, mergeable.
 

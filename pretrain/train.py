@@ -126,6 +126,18 @@ def build_optimizer(recipe: Recipe, model: Pretrainer) -> torch.optim.Optimizer:
     return torch.optim.AdamW(param_groups(model, o.weight_decay, no_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
 
 
+def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float,
+                     cosine: bool) -> float | None:
+    """Linear warmup from 0, then (if ``cosine``) a half-cosine to ``min_lr`` at ``total_steps``;
+    None after the warmup of a non-cosine schedule (the caller's own decay applies)."""
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if cosine:
+        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    return None
+
+
 class LRSchedule:
     """Linear warmup, then SSAST's halve-on-plateau, a cosine decay, or constant. Checkpointable."""
 
@@ -136,13 +148,8 @@ class LRSchedule:
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
-        if c.warmup_steps and step < c.warmup_steps:
-            return self.base_lr * (step + 1) / c.warmup_steps
-        if c.name == "cosine":
-            span = max(1, self.max_steps - c.warmup_steps)
-            t = min(1.0, (step - c.warmup_steps) / span)
-            return c.min_lr + (self.base_lr - c.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-        return max(c.min_lr, self.base_lr * self.scale)
+        lr = warmup_cosine_lr(step, self.base_lr, c.warmup_steps, self.max_steps, c.min_lr, c.name == "cosine")
+        return lr if lr is not None else max(c.min_lr, self.base_lr * self.scale)
 
     def apply(self, step: int) -> float:
         lr = self.lr_at(step)
