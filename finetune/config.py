@@ -87,6 +87,10 @@ class TrainSection:
     weight_averaging: list[int] | None = None  # [first, last] epochs whose weights are averaged (SSAST's wa)
     log_every: int = 20  # steps between progress lines
     eval_batch_size: int | None = None  # default: batch_size
+    # Linear probe: the frozen encoder's pooled features of this many passes over the training set (each
+    # with its own crops and augmentation) are computed once and cycled through the epochs; 0 = run the
+    # encoder on every batch of every epoch. A probe's valid/test features are always computed once.
+    probe_views: int = 4
 
 
 @dataclass

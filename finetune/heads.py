@@ -64,13 +64,19 @@ class Classifier(nn.Module):
         valid = valid_patches(num_frames.to(feats.device), out.grid, cfg.patch, cfg.stride).to(feats.dtype)
         return (feats * valid.unsqueeze(-1)).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
 
-    def forward(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
-        if self.linear_probe:
-            with torch.no_grad():
-                out = self.encoder(fbank)
-        else:
-            out = self.encoder(fbank)
-        return self.head(self.pool(out, num_frames))
+    def features(self, fbank: torch.Tensor, num_frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled encoder features ``(B, D)``, the head's input (without a graph when the encoder is frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.linear_probe):
+            return self.pool(self.encoder(fbank), num_frames)
+
+    def forward(self, fbank: torch.Tensor | None = None, num_frames: torch.Tensor | None = None, *,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from an fbank batch, or from already pooled features (``pooled=``, a probe's feature cache)."""
+        if pooled is None:
+            if fbank is None:
+                raise ValueError("Classifier needs an fbank batch or pooled features")
+            pooled = self.features(fbank, num_frames)
+        return self.head(pooled)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.kind == "multi_label" else torch.softmax(logits, -1)

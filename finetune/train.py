@@ -11,6 +11,7 @@ import math
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,22 +114,33 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
 
 @torch.no_grad()
 def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRecipe, norm: Normalization,
-                   weight=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Scores and targets of every sample of a shard set (each exactly once across ranks)."""
-    workers = min(recipe.data.num_workers, max(0, len(shards.urls) // acc.num_processes))
-    stream = ShardStream(shards, batch_size=recipe.train.eval_batch_size or recipe.train.batch_size,
-                         target_frames=recipe.data.target_frames, mode="eval", rank=acc.process_index,
-                         world_size=acc.num_processes, num_workers=workers, features=model.encoder.config.features,
-                         normalization=norm, vocabulary=model.labels, sample_weight=weight)
+                   weight=None, feature_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scores and targets of every sample of a shard set (each exactly once across ranks).
+
+    With ``feature_cache`` (a frozen encoder: its features cannot change), the pooled features of a shard
+    set are computed on the first call and only the head runs on later ones.
+    """
     was_training = model.training
     model.eval()
-    scores, targets, keys = [], [], []
-    for batch in make_loader(stream):
-        with acc.autocast():
-            logits = model(batch["fbank"].to(acc.device), batch["num_frames"])
-        scores.append(model.scores(logits.float()).cpu().numpy())
-        targets.append(batch["labels"].numpy())
-        keys += batch["keys"]
+    key = (shards.source, repr(weight))
+    if feature_cache is not None and key in feature_cache:
+        pooled, targets, keys = feature_cache[key]
+    else:
+        workers = min(recipe.data.num_workers, max(0, len(shards.urls) // acc.num_processes))
+        stream = ShardStream(shards, batch_size=recipe.train.eval_batch_size or recipe.train.batch_size,
+                             target_frames=recipe.data.target_frames, mode="eval", rank=acc.process_index,
+                             world_size=acc.num_processes, num_workers=workers,
+                             features=model.encoder.config.features, normalization=norm, vocabulary=model.labels,
+                             sample_weight=weight)
+        pooled, targets, keys = [], [], []
+        for batch in make_loader(stream):
+            with acc.autocast():
+                pooled.append(model.features(batch["fbank"].to(acc.device), batch["num_frames"]).float())
+            targets.append(batch["labels"].numpy())
+            keys += batch["keys"]
+        if feature_cache is not None:
+            feature_cache[key] = (pooled, targets, keys)
+    scores = [model.scores(model(pooled=f).float()).cpu().numpy() for f in pooled]
     model.train(was_training)
     parts = gather_object([(np.concatenate(scores) if scores else None, np.concatenate(targets) if targets else None, keys)])
     if all(p[0] is None for p in parts):
@@ -137,6 +149,46 @@ def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRec
     s = np.concatenate([p[0] for p in parts if p[0] is not None])
     t = np.concatenate([p[1] for p in parts if p[1] is not None])
     return s, t, [k for p in parts for k in p[2]]
+
+
+def encoder_batches(loader_iter, steps: int, recipe: FinetuneRecipe, norm: Normalization, gen: torch.Generator,
+                    device) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """``steps`` augmented training batches as (model inputs, targets)."""
+    for _ in range(steps):
+        batch = next(loader_iter)
+        x, y = batch["fbank"].to(device), batch["labels"].to(device)
+        x, y = augment_batch(x, y, batch["num_frames"], recipe.augment, norm, gen)
+        yield {"fbank": x, "num_frames": batch["num_frames"]}, y
+
+
+class ProbeViews:
+    """A linear probe's training features: each view is one pass over the training stream through the
+    frozen encoder (its own crops and augmentation), pooled once and reused by every epoch ``e`` with
+    ``e % views == view``, in a new order each time. The head then trains without running the encoder."""
+
+    def __init__(self, views: int):
+        self.views = views
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def batches(self, epoch: int, acc, model: Classifier, stream: ShardStream, steps: int, recipe: FinetuneRecipe,
+                norm: Normalization, gen: torch.Generator) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+        view = epoch % self.views
+        if view not in self.cache:
+            stream.set_epoch(view)
+            feats, targets = [], []
+            was_training = model.training
+            model.eval()  # the frozen encoder's features; the head's BN is not involved
+            for inputs, y in encoder_batches(iter(make_loader(stream)), steps, recipe, norm, gen, acc.device):
+                with acc.autocast():
+                    feats.append(model.features(**inputs).float())
+                targets.append(y)
+            model.train(was_training)
+            self.cache[view] = (torch.cat(feats), torch.cat(targets))
+        feats, targets = self.cache[view]
+        order = torch.randperm(len(feats), generator=gen).split(recipe.train.batch_size)
+        for idx in order[:steps]:
+            yield {"pooled": feats[idx]}, targets[idx]
 
 
 def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) -> float:
@@ -220,20 +272,22 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     history = []
     step = 0
     t0 = time.time()
+    probe = ProbeViews(t.probe_views) if recipe.model.mode == "linear_probe" and t.probe_views > 0 else None
+    eval_cache: dict | None = {} if recipe.model.mode == "linear_probe" else None
     for epoch in range(t.epochs):
-        stream.set_epoch(epoch)
-        it = iter(make_loader(stream))
         model.train()
+        if probe is not None:
+            batches = probe.batches(epoch, acc, core, stream, steps_per_epoch, recipe, norm, gen)
+        else:
+            stream.set_epoch(epoch)
+            batches = encoder_batches(iter(make_loader(stream)), steps_per_epoch, recipe, norm, gen, acc.device)
         losses = []
-        for _ in range(steps_per_epoch):
-            batch = next(it)
+        for inputs, y in batches:
             lr = epoch_lr(recipe, epoch, step, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            x, y = batch["fbank"].to(acc.device), batch["labels"].to(acc.device)
-            x, y = augment_batch(x, y, batch["num_frames"], recipe.augment, norm, gen)
             with acc.autocast():
-                logits = model(x, batch["num_frames"])
+                logits = model(**inputs)
                 loss = task_loss(logits.float(), y, recipe.task.loss)
             acc.backward(loss)
             if o.clip_grad_norm > 0:
@@ -245,10 +299,10 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
             if step % t.log_every == 0:
                 progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
                                 force=not sys.stderr.isatty())
-        del it
+        del batches
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if valid_set is not None:
-            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight)
+            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
             m = compute_metrics(s, tg, labels, recipe.task.kind)
             entry["valid"] = {k: v for k, v in m.items() if k != "per_class"}
             if m["main"] > best["main"]:
@@ -277,10 +331,10 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                               "mode": recipe.model.mode, "random_init": recipe.model.random_init,
                               "normalization": {"mean": norm.mean, "std": norm.std}, "seconds": time.time() - t0}
     if valid_set is not None:
-        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight)
+        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
         result["valid"] = compute_metrics(s, tg, labels, recipe.task.kind)
     if test_set is not None:
-        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight)
+        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight, eval_cache)
         result["test"] = compute_metrics(s, tg, labels, recipe.task.kind)
     if is_main:
         core.save_pretrained(run_dir / "export", d.target_frames,

@@ -318,6 +318,35 @@ def test_linear_probe_freezes_encoder_weights_and_bn_statistics(shards, work):
     assert torch.equal(reloaded.head[2].weight, after["head.2.weight"])
 
 
+@pytest.mark.timeout(180)
+def test_linear_probe_runs_the_frozen_encoder_once_per_view(shards, export, work):
+    """Cached probe features: the encoder sees each training view once and each eval set once."""
+    def batches(split: str) -> int:
+        n = json.loads((shards / split / "index.json").read_text())["samples"]
+        return -(-n // 4)
+
+    calls = []
+
+    def count(module, args, output):
+        if isinstance(module, Encoder):
+            calls.append(args[0].shape[0])
+
+    results = {}
+    for views in (0, 1, 2):
+        calls.clear()
+        handle = torch.nn.modules.module.register_module_forward_hook(count)
+        try:
+            recipe = tiny_recipe(shards, work / "runs", f"views{views}", **{
+                "model.encoder": str(export), "model.mode": "linear_probe", "train.epochs": 3,
+                "train.probe_views": views})
+            results[views] = finetune(recipe)
+        finally:
+            handle.remove()
+        train_calls = 2 * (3 if views == 0 else min(views, 3))  # 2 steps per epoch
+        assert len(calls) == train_calls + batches("valid") + batches("test"), (views, calls)
+        assert results[views]["history"][-1]["train_loss"] > 0
+
+
 def test_linear_probe_classifier_keeps_encoder_in_eval_mode(export):
     model = Classifier(load_encoder(str(export)), ["a", "b"], linear_probe=True)
     model.train()
