@@ -6,7 +6,8 @@ The run has two phases.
    (in the worker pool), cut long files into segments, give every segment a stable key, group the samples
    by split, shuffle each split with the seed and cut it into shards by ``samples_per_shard`` and by
    ``max_shard_mb`` (estimated from the raw PCM16 size, an upper bound of the FLAC size). The plan is saved
-   atomically as ``OUT/.plan.json`` together with a hash of the options that affect the output.
+   atomically as ``OUT/.plan.json`` together with a hash of the options that affect the output and a record
+   of every input (size, modification time, labels, split): a rerun resumes only if both still match.
 2. **Render**: a process pool renders whole shards (decode, resample, encode FLAC, write a byte-deterministic
    tar) under ``NAME-000003.tar.tmp``; the shard's result goes to ``.progress/NAME-000003.tar.json`` and only
    then is the tar renamed to its final name. A shard is finished when both exist, so a rerun after SIGKILL
@@ -43,7 +44,7 @@ import numpy as np
 
 from data_prep import audio, sources
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the plan records the inputs it was made from
 PLAN_FILE = ".plan.json"
 PROGRESS_DIR = ".progress"
 INDEX_FILE = "index.json"
@@ -453,9 +454,49 @@ def _scan(opts: ShardOptions) -> sources.SourceScan:
     return sources.scan(opts.src, layout=opts.layout, **kwargs)
 
 
+def source_state(scanned: sources.SourceScan) -> dict[str, list[Any]]:
+    """What the plan depends on, per input file: size, modification time, labels, split and fold."""
+    state: dict[str, list[Any]] = {}
+    for item in scanned.items:
+        try:
+            st = item.path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = None
+        state[item.rel] = [size, mtime, list(item.labels) if item.labels is not None else None, item.split, item.fold]
+    return state
+
+
+def _describe_changes(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> str:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    parts = []
+    for what, names in (("added", added), ("removed", removed), ("changed", changed)):
+        if names:
+            parts.append(f"{len(names)} {what} (e.g. {names[0]})")
+    return ", ".join(parts) or "the file list differs"
+
+
+def check_sources_unchanged(opts: ShardOptions, plan: dict[str, Any]) -> None:
+    """A resumed plan must describe the inputs as they are now; else its shards would be stale."""
+    out = Path(opts.out)
+    if "inputs_hash" not in plan:
+        raise ShardError(f"{out / PLAN_FILE}: made by an older data_prep that did not record its inputs; "
+                         "add --overwrite to shard again")
+    state = source_state(_scan(opts))
+    if _hash_json(state) != plan["inputs_hash"]:
+        raise ShardError(
+            f"{opts.src} has changed since the shards in {out} were planned "
+            f"({_describe_changes(plan.get('inputs', {}), state)}); "
+            "add --overwrite to shard it again, or choose another OUT"
+        )
+
+
 def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
     """Scan, probe and plan every shard; the result is a pure function of the inputs and the options."""
     scanned = _scan(opts)
+    inputs = source_state(scanned)
     items = sorted(scanned.items, key=lambda item: item.rel)
     skipped: list[dict[str, Any]] = [
         {"source": str(src), "reason": str(reason), "stage": "scan", "split": None}
@@ -535,6 +576,8 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
         "version": PLAN_VERSION,
         "args_hash": _hash_json(params),
         "params": params,
+        "inputs_hash": _hash_json(inputs),
+        "inputs": inputs,
         "layout": scanned.layout,
         "vocabulary": vocabulary,
         "display_names": display_names,
@@ -765,6 +808,8 @@ def shard_corpus(opts: ShardOptions) -> ShardSummary:
                 )
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / PLAN_FILE, plan, indent=None)
+        else:
+            check_sources_unchanged(opts, plan)
         if opts.strict and plan["skipped"]:
             raise ShardError(
                 f"--strict: {len(plan['skipped'])} inputs cannot be used: {_skip_summary(plan['skipped'])}"

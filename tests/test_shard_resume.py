@@ -160,3 +160,27 @@ def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_pat
     (foreign / "x.txt").write_text("x")
     with pytest.raises(ShardError, match="not empty"):
         shard_corpus(ShardOptions(src=corpus, out=foreign, workers=1, progress=False))
+
+
+@pytest.mark.timeout(120)
+def test_a_changed_source_is_refused_unless_overwrite(corpus, tmp_path):
+    """Resuming from a plan of other inputs would leave stale shards that look complete."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(corpus, src)
+    out = tmp_path / "out"
+    opts = ShardOptions(src=src, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
+    shard_corpus(opts)
+    assert shard_corpus(opts).rendered_shards == 0  # unchanged: nothing to do
+
+    lines = (src / "manifest.csv").read_text().splitlines(keepends=True)
+    touched = lines[1].split(",")[0]
+    st = (src / touched).stat()
+    os.utime(src / touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten file
+    (src / "manifest.csv").write_text("".join(lines[:-1]))  # and one row fewer
+    with pytest.raises(ShardError, match=rf"changed since.*1 removed.*1 changed \(e\.g\. {touched}\).*--overwrite"):
+        shard_corpus(opts)
+    summary = shard_corpus(ShardOptions(src=src, out=out, samples_per_shard=PER_SHARD, workers=1,
+                                        overwrite=True, progress=False))
+    assert summary.samples == CLIPS - 1
