@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--clips", type=_positive_int, default=400, metavar="N", help="number of clips (default: %(default)s)"
     )
     synth.add_argument("--seed", type=_int, default=0, help="random seed (default: %(default)s)")
+    synth.add_argument(
+        "--workers", type=_positive_int, default=min(os.cpu_count() or 1, 8), metavar="N",
+        help="rendering processes; the files are identical whatever N (default: %(default)s)",
+    )
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
     inspect = sub.add_parser(
@@ -228,7 +232,8 @@ def _run_synth(args: argparse.Namespace) -> None:
     from data_prep import synth
 
     try:
-        manifest = synth.synthesize(args.out, clips=args.clips, seed=args.seed, progress=not args.quiet)
+        manifest = synth.synthesize(args.out, clips=args.clips, seed=args.seed, progress=not args.quiet,
+                                    workers=args.workers)
     except (OSError, ValueError) as err:
         fail(str(err))
     print(f"wrote {args.clips} clips to {args.out} (manifest: {manifest})")

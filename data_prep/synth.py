@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import multiprocessing as mp
 import os
 import sys
 import time
@@ -515,10 +516,30 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
                 (out_dir / rel).unlink(missing_ok=True)
 
 
-def synthesize(out_dir: str | Path, clips: int = 400, seed: int = 0, progress: bool = True) -> Path:
-    """Write the demo corpus (``clips`` files + ``manifest.csv``) to ``out_dir``; return the manifest path."""
+def _render_to_file(job: tuple[int, int, str]) -> float:
+    """Render clip ``index`` to ``path`` (kept untouched if it already holds these bytes); its duration."""
+    index, seed, path_str = job
+    plan, samples = render_clip(index, seed)
+    data = encode_clip(plan, samples, seed)
+    path = Path(path_str)
+    # The output is byte-deterministic: an identical file is left alone, so its mtime (which the shard
+    # plan records) only changes when its content does.
+    if not (path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, data)
+    return plan.duration_s
+
+
+def synthesize(out_dir: str | Path, clips: int = 400, seed: int = 0, progress: bool = True,
+               workers: int = 1) -> Path:
+    """Write the demo corpus (``clips`` files + ``manifest.csv``) to ``out_dir``; return the manifest path.
+
+    ``workers`` > 1 renders in that many processes; the files are the same bytes whatever the count.
+    """
     if clips < 1:
         raise ValueError(f"--clips must be ≥ 1, got {clips}")
+    if workers < 1:
+        raise ValueError(f"--workers must be ≥ 1, got {workers}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(4, len(str(clips - 1)))
@@ -527,17 +548,21 @@ def synthesize(out_dir: str | Path, clips: int = 400, seed: int = 0, progress: b
     _remove_stale(out_dir, set(rel_paths))
     splits = assign_splits([p.label for p in plans], seed)
 
+    jobs = [(i, seed, str(out_dir / rel)) for i, rel in enumerate(rel_paths)]
     t0, audio_s = time.perf_counter(), 0.0
-    for i, rel in enumerate(rel_paths):
-        plan, samples = render_clip(i, seed)
-        path = out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, encode_clip(plan, samples, seed))
-        audio_s += plan.duration_s
-        if progress and ((i + 1) % 50 == 0 or i + 1 == clips):
-            dt = time.perf_counter() - t0
-            print(f"synth: {i + 1}/{clips} clips, {audio_s / 60:.1f} min of audio, {dt:.1f}s",
-                  file=sys.stderr, flush=True)
+    # spawn: the caller may hold threads (torch, BLAS) that a forked child would inherit locked
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+    try:
+        durations = pool.imap(_render_to_file, jobs, chunksize=4) if pool else map(_render_to_file, jobs)
+        for i, duration in enumerate(durations):
+            audio_s += duration
+            if progress and ((i + 1) % 50 == 0 or i + 1 == clips):
+                dt = time.perf_counter() - t0
+                print(f"synth: {i + 1}/{clips} clips, {audio_s / 60:.1f} min of audio, {dt:.1f}s",
+                      file=sys.stderr, flush=True)
+    finally:
+        if pool:
+            pool.terminate()
 
     manifest = out_dir / MANIFEST
     buf = io.StringIO()
