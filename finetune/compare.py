@@ -33,7 +33,8 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
             split = "test" if "test" in res else "valid"
             rows[(mode, init)] = {k: res[split][k] for k in ("accuracy", "macro_f1", "top5") if k in res[split]} | {
                 "split": split, "seconds": round(res["seconds"], 1)}
-    print("\n  mode          init         accuracy  macro-F1   (split)")
+    print(f"\n  seed {base.train.seed} (random init, data order, augmentation); encoder: {encoder}")
+    print("  mode          init         accuracy  macro-F1   (split)")
     for (mode, init), m in rows.items():
         print(f"  {mode:<13} {init:<11} {m.get('accuracy', float('nan')):8.3f}  {m.get('macro_f1', float('nan')):8.3f}   ({m['split']})")
     for mode in ("linear_probe", "full"):

@@ -74,8 +74,8 @@ def cli_error(argv: list[str], capsys) -> str:
     return err
 
 
-def make_vit_export(path: Path, input_frames: int = 128) -> Path:
-    torch.manual_seed(0)
+def make_vit_export(path: Path, input_frames: int = 128, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     Encoder(EncoderConfig(backbone="vit", backbone_config=dict(TINY_VIT), input_frames=input_frames)).save_pretrained(path)
     return path
 
@@ -544,3 +544,26 @@ def test_kfold_needs_a_fold_field_and_clips_in_each_fold(fold_shards, shards, ex
     sets = [s.replace(str(shard_dir / "valid"), "/nonexistent/valid") for s in sets]  # not read with folds
     err = cli_error(["train", "--recipe", str(DEMO), *[a for s in sets for a in ("--set", s)]], capsys)
     assert "no labeled sample to evaluate" in err and "fold in [9]" in err
+
+
+@pytest.mark.timeout(240)
+def test_compare_runs_probe_and_full_from_pretrained_and_random(shards, work, capsys):
+    from finetune.compare import compare
+
+    # an export whose weights differ from the seed-0 random init that `compare` builds as the baseline
+    export = make_vit_export(work / "cmp_export", seed=7)
+    rows = compare(str(DEMO), str(export), tiny_settings(shards, work / "runs", "cmp"))
+    assert set(rows) == {(m, i) for m in ("linear_probe", "full") for i in ("pretrained", "random")}
+    saved = json.loads((work / "runs" / "cmp_compare.json").read_text())
+    assert set(saved) == {"linear_probe/pretrained", "linear_probe/random", "full/pretrained", "full/random"}
+    for (mode, init), row in rows.items():
+        assert row["split"] == "test" and 0.0 <= row["accuracy"] <= 1.0
+        metrics = json.loads((work / "runs" / f"cmp_{mode}_{init}" / "metrics.json").read_text())
+        assert metrics["random_init"] == (init == "random") and metrics["mode"] == mode
+        assert len(metrics["history"]) == (4 if mode == "linear_probe" else 1)  # probes get 4x the epochs
+    # the random-init twin really is another encoder
+    pre = load_file(str(work / "runs" / "cmp_linear_probe_pretrained" / "export" / "model.safetensors"))
+    rnd = load_file(str(work / "runs" / "cmp_linear_probe_random" / "export" / "model.safetensors"))
+    assert not torch.equal(pre["encoder.patch_embed.weight"], rnd["encoder.patch_embed.weight"])
+    out = capsys.readouterr().out
+    assert "seed 0" in out and "linear_probe: pretraining gain" in out and "full: pretraining gain" in out
