@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_pretrain.py loader [--clips 64]
     .venv/bin/python bench/bench_pretrain.py step [--batch 8 --frames 1024 --repeats 3]
+    .venv/bin/python bench/bench_pretrain.py launch [--clips 960 --steps 200 --repeats 2]
     add --append bench/RESULTS.md to append the table
 
 loader: clips/s and x-realtime of one loader worker (decode FLAC + crop + batched fbank + normalize)
@@ -9,6 +10,11 @@ loader: clips/s and x-realtime of one loader worker (decode FLAC + crop + batche
 step:   one SSAST-tiny training step (forward, backward, Adam) at batch x 1024 frames, 400 of 512
         patches masked: our default (one pass, SDPA) vs the same model configured as the original
         (two passes with two masks, naive attention).
+launch: the demo recipe (recipes/pretrain/demo.toml, global batch 32) on CPU, end to end through the CLI:
+        one process with all cores as threads vs two `accelerate launch` ranks with half the cores each
+        (batch 16 per rank, loading in the main process) — how `make demo` chooses to pretrain on CPU.
+        Use the demo's corpus size (--clips 960): with a tiny corpus every epoch is a couple of batches and
+        the loader restart at each epoch (a new worker refilling its shuffle buffer) dominates.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -114,19 +123,74 @@ def bench_step(batch: int, frames: int, repeats: int) -> list[str]:
     return rows
 
 
+def _demo_run(root: Path, name: str, steps: int, ranks: int) -> tuple[float, float]:
+    """One `pretrain train` run of the demo recipe: (steps/s from its last progress line, wall seconds)."""
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // ranks)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    py = sys.executable
+    cmd = [py, "-m", "pretrain", "train"]
+    sets = {"data.train": str(root / "shards" / "train"), "data.valid": str(root / "shards" / "valid"),
+            "features.stats": str(root / "stats.json"), "train.max_steps": str(steps),
+            "train.val_every": str(10 * steps), "train.checkpoint_every": str(10 * steps),
+            "run.output_dir": str(root / name)}
+    if ranks > 1:
+        env |= {"ACCELERATE_USE_CPU": "1"}
+        cmd = [py, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(ranks),
+               "--num_machines", "1", "-m", "pretrain", "train"]
+        sets |= {"train.batch_size": str(32 // ranks), "data.num_workers": "0" if threads == 1 else "1"}
+    cmd += ["--recipe", str(Path(__file__).resolve().parents[1] / "recipes/pretrain/demo.toml")]
+    cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
+    rates = re.findall(rf"step {steps}/{steps} .*?([0-9.]+) steps/s", proc.stderr)
+    return float(rates[-1]), wall
+
+
+def bench_launch(clips: int, steps: int, repeats: int) -> list[str]:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        py = sys.executable
+        for cmd in (["data_prep", "synth", str(root / "corpus"), "--clips", str(clips), "--seed", "0"],
+                    ["data_prep", "shard", str(root / "corpus"), str(root / "shards"), "--samples-per-shard", "32",
+                     "-q"],
+                    ["pretrain", "stats", str(root / "shards" / "train"), "--out", str(root / "stats.json")]):
+            subprocess.run([py, "-m", *cmd], check=True, capture_output=True)
+        cases = {"one process, all cores as threads": 1, "2 accelerate ranks, half the cores each": 2}
+        runs: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
+        for r in range(repeats):
+            for k in (list(cases) if r % 2 == 0 else list(cases)[::-1]):
+                runs[k].append(_demo_run(root, f"run{r}_{cases[k]}", steps, cases[k]))
+    rate = {k: statistics.median(x[0] for x in v) for k, v in runs.items()}
+    wall = {k: statistics.median(x[1] for x in v) for k, v in runs.items()}
+    base = rate["one process, all cores as threads"]
+    rows = [f"| demo recipe, {steps} steps, {os.cpu_count()} cores | steps/s (median) | wall s incl. start-up | "
+            "speed-up |", "|---|---|---|---|"]
+    rows += [f"| {k} | {rate[k]:.2f} | {wall[k]:.1f} | {rate[k] / base:.2f}x |" for k in cases]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["loader", "step"])
+    ap.add_argument("what", choices=["loader", "step", "launch"])
     ap.add_argument("--clips", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--frames", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--append", help="append the table to this markdown file")
     args = ap.parse_args()
     if args.what == "loader":
         rows = bench_loader(args.clips)
         title = f"## Loader: one worker on 10 s clips ({args.clips} clips)"
         cmd = f"bench/bench_pretrain.py loader --clips {args.clips}"
+    elif args.what == "launch":
+        rows = bench_launch(args.clips, args.steps, args.repeats)
+        title = "## Demo pretraining on CPU: one process vs two accelerate ranks"
+        cmd = f"bench/bench_pretrain.py launch --clips {args.clips} --steps {args.steps} --repeats {args.repeats}"
     else:
         rows = bench_step(args.batch, args.frames, args.repeats)
         title = f"## SSAST-tiny training step, batch {args.batch} x {args.frames} frames, 400 of 512 masked"
