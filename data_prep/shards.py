@@ -475,20 +475,20 @@ def _describe_changes(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> s
     for what, names in (("added", added), ("removed", removed), ("changed", changed)):
         if names:
             parts.append(f"{len(names)} {what} (e.g. {names[0]})")
-    return ", ".join(parts) or "the file list differs"
+    return ", ".join(parts)
 
 
 def check_sources_unchanged(opts: ShardOptions, plan: dict[str, Any]) -> None:
     """A resumed plan must describe the inputs as they are now; else its shards would be stale."""
     out = Path(opts.out)
-    if "inputs_hash" not in plan:
+    if "inputs" not in plan:
         raise ShardError(f"{out / PLAN_FILE}: made by an older data_prep that did not record its inputs; "
                          "add --overwrite to shard again")
     state = source_state(_scan(opts))
-    if _hash_json(state) != plan["inputs_hash"]:
+    if state != plan["inputs"]:  # JSON keeps these lists, strings, ints and nulls as they were
         raise ShardError(
             f"{opts.src} has changed since the shards in {out} were planned "
-            f"({_describe_changes(plan.get('inputs', {}), state)}); "
+            f"({_describe_changes(plan['inputs'], state)}); "
             "add --overwrite to shard it again, or choose another OUT"
         )
 
@@ -576,7 +576,6 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
         "version": PLAN_VERSION,
         "args_hash": _hash_json(params),
         "params": params,
-        "inputs_hash": _hash_json(inputs),
         "inputs": inputs,
         "layout": scanned.layout,
         "vocabulary": vocabulary,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,8 +166,6 @@ def test_other_arguments_are_refused_unless_overwrite(corpus, reference, tmp_pat
 @pytest.mark.timeout(120)
 def test_a_changed_source_is_refused_unless_overwrite(corpus, tmp_path):
     """Resuming from a plan of other inputs would leave stale shards that look complete."""
-    import shutil
-
     src = tmp_path / "src"
     shutil.copytree(corpus, src)
     out = tmp_path / "out"
