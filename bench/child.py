@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,17 +28,12 @@ def spawn(script: str, case: dict, timeout: float) -> dict:
 
 def rss_kb() -> int:
     """Current resident set size in KiB."""
-    import os
-
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def measure(fn, repeat: int, warmup: bool) -> dict:
     """Peak memory of the first (cold) call; time = best of ``repeat`` further calls (or the cold one)."""
-    import resource
-    import time
-
     base = rss_kb()
     t0 = time.perf_counter()
     fn()

@@ -177,13 +177,11 @@ class ProbeViews:
         if view not in self.cache:
             stream.set_epoch(view)
             feats, targets = [], []
-            was_training = model.training
-            model.eval()  # the frozen encoder's features; the head's BN is not involved
+            # a probe's encoder stays in eval mode whatever the model's mode (Classifier.train)
             for inputs, y in encoder_batches(iter(make_loader(stream)), steps, recipe, norm, gen, acc.device):
                 with acc.autocast():
                     feats.append(model.features(**inputs).float())
                 targets.append(y)
-            model.train(was_training)
             self.cache[view] = (torch.cat(feats), torch.cat(targets))
         feats, targets = self.cache[view]
         order = torch.randperm(len(feats), generator=gen).split(recipe.train.batch_size)
@@ -272,8 +270,8 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     history = []
     step = 0
     t0 = time.time()
-    probe = ProbeViews(t.probe_views) if recipe.model.mode == "linear_probe" and t.probe_views > 0 else None
-    eval_cache: dict | None = {} if recipe.model.mode == "linear_probe" else None
+    probe = ProbeViews(t.probe_views) if core.linear_probe and t.probe_views > 0 else None
+    eval_cache: dict | None = {} if core.linear_probe else None  # a frozen encoder's eval features never change
     for epoch in range(t.epochs):
         model.train()
         if probe is not None:
