@@ -31,6 +31,7 @@ INDEX_FILE = "index.json"
 
 _DURATION_BINS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, float("inf"))
 _SECONDS_TOLERANCE = 1e-3
+CANNOT_READ = "cannot read tar (cut off or damaged)"
 
 
 class InspectError(Exception):
@@ -114,8 +115,11 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
     if "json" in members:
         try:
             meta = json.loads(members["json"].decode("utf-8"))
-            if not isinstance(meta, dict) or "source" not in meta or "duration_s" not in meta:
+            if not isinstance(meta, dict) or "source" not in meta or not _is_number(meta.get("duration_s")):
                 problems.append("json lacks source/duration_s")
+                meta = None
+            elif not isinstance(meta.get("labels") or [], list):
+                problems.append(f"json labels {meta['labels']!r} is not a list")
                 meta = None
         except (UnicodeDecodeError, ValueError) as err:
             problems.append(f"json does not parse: {err}")
@@ -127,8 +131,12 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
         report.samples += 1
         report.seconds += frames / TARGET_SR
         report.durations.append(frames / TARGET_SR)
-        report.labels.update(meta.get("labels") or ())
+        report.labels.update(str(label) for label in meta.get("labels") or ())
     return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def check_shard(path: Path) -> tuple[SetReport, list[str]]:
@@ -169,7 +177,8 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
                 current[ext] = handle.read() if handle is not None else b""
             finish()
     except (tarfile.TarError, OSError, EOFError) as err:
-        problems.append(f"shard {path.name}: cannot read tar: {err}")
+        problems.append(f"shard {path.name}: {CANNOT_READ}: {err}")
+        finish()  # the members read whole before the damage are checked like any others
     return report, problems
 
 
@@ -212,6 +221,9 @@ def _inspect_set(
         entry = listed.get(tar.name)
         if entry is None:
             problems.append(f"shard {tar.name}: not listed in index.json")
+        elif any(CANNOT_READ in p for p in shard_problems) and entry["samples"] > samples:
+            problems.append(f"shard {tar.name}: {samples} of the {entry['samples']} samples index.json lists are "
+                            f"readable, {entry['samples'] - samples} lost")
         elif not shard_problems and (
             entry["samples"] != samples
             or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)

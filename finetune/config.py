@@ -31,6 +31,7 @@ class DataSection:
     allow_pipe: bool = False  # allow pipe: URLs (they run shell commands)
     balanced: bool = False  # balanced sampling for multi-label data (AudioSet style)
     folds: list[int] | None = None  # k-fold cross-validation over the `fold` field (ESC-50): test on each in turn
+    corrupt_shards: str = "skip"  # damaged shard or sample: "skip" (warn once, count, list) | "error" (stop)
 
 
 @dataclass
@@ -118,6 +119,7 @@ class FinetuneRecipe:
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("model", "mode"): ("full", "linear_probe"),
+    ("data", "corrupt_shards"): ("skip", "error"),
     ("model", "pooling"): ("mean", "cls"),
     ("task", "kind"): ("single_label", "multi_label"),
     ("task", "loss"): ("ce", "bce"),

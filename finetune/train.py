@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from accelerate.utils import gather_object, set_seed
 
 from pretrain.config import RecipeError, save_recipe
-from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
+from pretrain.data import DataError, ShardSet, ShardStream, fit_workers, make_loader, resolve_shards
 from pretrain.encoder import ExportError
 from pretrain.features import FeatureConfig, Normalization
 from pretrain.jsonio import write_json_atomic
+from pretrain.shard_reader import CorruptLog
 from pretrain.stats import compute_stats
 from pretrain.train import Progress, make_accelerator, warmup_cosine_lr
 
@@ -105,7 +106,8 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
         return encoder_norm
     cache = run_dir / "stats.json"
     if acc.is_main_process and not cache.is_file():
-        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features)
+        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features,
+                          corrupt_shards=recipe.data.corrupt_shards)
         write_json_atomic(cache, s)
     acc.wait_for_everyone()
     s = json.loads(cache.read_text())
@@ -114,7 +116,8 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
 
 @torch.no_grad()
 def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRecipe, norm: Normalization,
-                   weight=None, feature_cache: dict | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                   weight=None, feature_cache: dict | None = None,
+                   corrupt_log: CorruptLog | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Scores and targets of every sample of a shard set (each exactly once across ranks).
 
     With ``feature_cache`` (a frozen encoder: its features cannot change), the pooled features of a shard
@@ -131,7 +134,7 @@ def predict_shards(acc, model: Classifier, shards: ShardSet, recipe: FinetuneRec
                              target_frames=recipe.data.target_frames, mode="eval", rank=acc.process_index,
                              world_size=acc.num_processes, num_workers=workers,
                              features=model.encoder.config.features, normalization=norm, vocabulary=model.labels,
-                             sample_weight=weight)
+                             sample_weight=weight, corrupt_log=corrupt_log or CorruptLog(recipe.data.corrupt_shards))
         pooled, targets, keys = [], [], []
         for batch in make_loader(stream):
             with acc.autocast():
@@ -229,6 +232,12 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     for s in (valid_set, test_set):
         if s is not None:
             check_vocabulary(s, labels)
+    workers = fit_workers(train_set, "data.train", acc.num_processes, d.num_workers, is_main)
+    for key, s in (("data.valid", valid_set), ("data.test", test_set)):
+        if s is not None:  # before any training step, not at the first evaluation
+            fit_workers(s, key, acc.num_processes, d.num_workers)
+    corrupt = CorruptLog(d.corrupt_shards, prefix=f"warning: rank {acc.process_index}: " if acc.num_processes > 1
+                         else "warning: ")
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,9 +268,9 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     steps_per_epoch = t.steps_per_epoch or max(1, n_train // (t.batch_size * world))
     total = steps_per_epoch * t.epochs
     stream = ShardStream(train_set, batch_size=t.batch_size, target_frames=d.target_frames, mode="train",
-                         seed=t.seed, rank=acc.process_index, world_size=world, num_workers=d.num_workers,
+                         seed=t.seed, rank=acc.process_index, world_size=world, num_workers=workers,
                          shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
-                         vocabulary=labels, sample_weight=train_weight)
+                         vocabulary=labels, sample_weight=train_weight, corrupt_log=corrupt)
     gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
     progress = Progress(total, is_main)
     best: dict[str, Any] = {"main": -math.inf}
@@ -300,7 +309,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         del batches
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if valid_set is not None:
-            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
+            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache, corrupt)
             m = compute_metrics(s, tg, labels, recipe.task.kind)
             entry["valid"] = {k: v for k, v in m.items() if k != "per_class"}
             if m["main"] > best["main"]:
@@ -329,11 +338,13 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                               "mode": recipe.model.mode, "random_init": recipe.model.random_init,
                               "normalization": {"mean": norm.mean, "std": norm.std}, "seconds": time.time() - t0}
     if valid_set is not None:
-        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
+        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache, corrupt)
         result["valid"] = compute_metrics(s, tg, labels, recipe.task.kind)
     if test_set is not None:
-        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight, eval_cache)
+        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight, eval_cache, corrupt)
         result["test"] = compute_metrics(s, tg, labels, recipe.task.kind)
+    lost = gather_object([(corrupt.samples, corrupt.entries)])  # every rank's damaged-data record
+    result |= {"corrupt_samples": sum(c[0] for c in lost), "corrupt_list": [e for c in lost for e in c[1]][:1000]}
     if is_main:
         core.save_pretrained(run_dir / "export", d.target_frames,
                              extra={"finetuned_from": recipe.model.encoder, "selected": selected,

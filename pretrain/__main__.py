@@ -26,7 +26,7 @@ def cmd_stats(args: argparse.Namespace) -> None:
     from .stats import compute_stats
 
     stats = compute_stats(args.shards, max_samples=args.max_samples, num_workers=args.workers,
-                          allow_pipe=args.allow_pipe)
+                          allow_pipe=args.allow_pipe, corrupt_shards=args.corrupt_shards)
     if args.out:
         write_json_atomic(args.out, stats)
     print(json.dumps(stats, indent=2))
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-samples", type=int, default=None, help="stop after this many clips")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--allow-pipe", action="store_true", help="allow pipe: URLs (they run shell commands)")
+    p.add_argument("--corrupt-shards", choices=("skip", "error"), default="skip",
+                   help="damaged shards or samples: skip them with a warning (default) or stop")
     p.set_defaults(func=cmd_stats)
 
     from .interop import add_cli

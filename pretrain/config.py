@@ -46,6 +46,7 @@ class DataSection:
     shuffle_buffer: int = 1000  # samples in each worker's shuffle buffer
     allow_pipe: bool = False  # pipe: URLs run shell commands
     samples_per_epoch: int | None = None  # default: the sample count in index.json
+    corrupt_shards: str = "skip"  # damaged shard or sample: "skip" (warn once, count, list) | "error" (stop)
 
 
 @dataclass
@@ -133,6 +134,7 @@ class Recipe:
 
 CHOICES = {
     ("masking", "kind"): ("cluster", "random"),
+    ("data", "corrupt_shards"): ("skip", "error"),
     ("objective", "mode"): ("one_pass", "two_pass"),
     ("optim", "name"): ("adam", "adamw"),
     ("schedule", "name"): ("ssast", "cosine", "constant"),

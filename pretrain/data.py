@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import random
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,10 +33,10 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .features import FeatureConfig, Normalization, model_input, pad_waves
 from .patches import samples_for_frames
+from .shard_reader import CorruptLog, ShardRead, expected_counts, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,23 @@ def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
     return ShardSet(urls=urls, source=str(spec))
 
 
+def fit_workers(shards: ShardSet, key: str, world: int, num_workers: int, announce: bool = False) -> int:
+    """Loader workers per rank for a shard set, checked at start-up (before any training step).
+
+    Every rank needs a shard of its own (training: disjoint data; evaluation: each sample once), else
+    one clear error naming the recipe key. With fewer than ranks x workers shards, each rank runs
+    ``shards // ranks`` workers instead (said when ``announce``)."""
+    n = len(shards.urls)
+    if n < world:
+        raise DataError(f"{key}: {shards.source} has {n} shard(s) for {world} processes; every process needs "
+                        "at least one (reshard with a smaller --samples-per-shard, or run fewer processes)")
+    fit = min(num_workers, n // world)
+    if fit < num_workers and announce:
+        print(f"note: {key} has {n} shard(s) for {world} process(es) x {num_workers} loader workers; "
+              f"using {fit} worker(s) per process so that none shares a shard", file=sys.stderr)
+    return fit
+
+
 def _open_url(url: str):
     if url.startswith("file:"):
         url = url[len("file:") :]
@@ -134,6 +152,14 @@ class SampleCounters:
     raw: int = 0  # raw samples taken from the shuffle buffer in this epoch
     corrupt: int = 0
     corrupt_keys: list[str] = field(default_factory=list)
+    lost: int = 0  # samples lost since the last batch (sent with it, then reset)
+    exhausted: bool = False  # a whole pass over this slot's shards gave no sample
+    cycle_samples: int = 0  # raw samples in the longest pass so far over this slot's shards
+
+    def damaged(self, message: str, lost: int) -> None:
+        self.corrupt += lost
+        self.lost += lost
+        self.corrupt_keys.append(message)
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -147,7 +173,11 @@ def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     wave = wave.mean(axis=1)
     if wave.size == 0 or not np.isfinite(wave).all():
         raise ValueError("empty or non-finite audio")
-    meta = json.loads(sample["json"]) if "json" in sample else {}
+    if "json" not in sample:  # every sample of the shard format has one (its member may have been cut off)
+        raise ValueError("no json member")
+    meta = json.loads(sample["json"])
+    if not isinstance(meta, dict):
+        raise ValueError("json member is not an object")
     return wave, meta
 
 
@@ -175,6 +205,7 @@ class ShardStream(IterableDataset):
         vocabulary: list[str] | None = None,
         drop_last: bool = True,
         sample_weight: Callable[[dict[str, Any]], float] | None = None,
+        corrupt_log: CorruptLog | None = None,
     ):
         super().__init__()
         if mode not in ("train", "eval"):
@@ -198,6 +229,9 @@ class ShardStream(IterableDataset):
         # Resume: batch index within the epoch and each logical worker's raw-sample count at that point.
         self.start_batch = 0
         self.skip_raw: dict[int, int] = {}
+        # Damaged data: workers send records with the batches; this log (in the consuming process) keeps them.
+        self.corrupt_log = corrupt_log or CorruptLog()
+        self.expected = expected_counts(shards.urls, shards.index)
         if mode == "eval" and len(shards.urls) < world_size * self.num_workers:
             raise DataError(
                 f"{shards.source}: {len(shards.urls)} shard(s) cannot be read exactly once by "
@@ -220,19 +254,18 @@ class ShardStream(IterableDataset):
     def _raw_samples(self, worker: int, counters: SampleCounters) -> Iterator[dict[str, Any]]:
         cycle = 0
         while True:
+            read = 0
             for url in self._shard_order(worker, cycle):
-                try:
-                    stream = _open_url(url)
-                except OSError as e:
-                    counters.corrupt += 1
-                    counters.corrupt_keys.append(f"{url}: {e}")
-                    continue
-                with stream:
-                    files = (
-                        f | {"__url__": url} for f in tar_file_iterator(stream, handler=_count_error(counters, url))
-                    )
-                    yield from group_by_keys(files, handler=_count_error(counters, url))
+                record = ShardRead(url, self.expected.get(url))
+                yield from read_shard(url, _open_url, record)
+                read += record.samples
+                if record.damaged:
+                    counters.damaged(record.message(), record.lost_count())
+            counters.cycle_samples = max(counters.cycle_samples, read)
             if self.mode == "eval":
+                return
+            if not read:  # an endless stream over shards that give nothing would spin forever
+                counters.exhausted = True
                 return
             cycle += 1
 
@@ -269,7 +302,7 @@ class ShardStream(IterableDataset):
     def _keep(self, sample: dict[str, Any], worker: int, raw_index: int) -> bool:
         try:
             w = self.sample_weight(json.loads(sample.get("json", b"{}")))
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, AttributeError):
             return True  # let decoding report the corrupt sample
         if w >= 1.0:
             return True
@@ -283,6 +316,9 @@ class ShardStream(IterableDataset):
             return None
         y = torch.zeros(len(self.label_index))
         for lab in meta.get("labels") or []:
+            if lab not in self.label_index and self.shards.vocabulary is not None and lab not in self.shards.vocabulary:
+                # index.json lists every label of the set (checked against the model's): this json is damaged
+                raise ValueError(f"label {lab!r} is not in index.json's vocabulary")
             if lab not in self.label_index:
                 raise DataError(f"label {lab!r} of sample {meta.get('source')} is not in the model's vocabulary")
             y[self.label_index[lab]] = 1.0
@@ -300,8 +336,10 @@ class ShardStream(IterableDataset):
             "raw": counters.raw,
             "corrupt": counters.corrupt,
             "corrupt_keys": list(counters.corrupt_keys),
+            "corrupt_lost": counters.lost,
         }
         counters.corrupt_keys.clear()
+        counters.lost = 0
         if self.label_index is not None:
             batch["labels"] = torch.stack([c[3] for c in clips])
         if self.compute_features:
@@ -330,6 +368,7 @@ class ShardStream(IterableDataset):
         counters = SampleCounters()
         skip = self.skip_raw.get(worker, 0)
         clips: list = []
+        failed = 0  # decoding failures in a row
         for sample in self._shuffled(worker, counters):
             counters.raw += 1
             if counters.raw <= skip:
@@ -342,32 +381,49 @@ class ShardStream(IterableDataset):
                 labels = self._labels(meta)
             except DataError:
                 raise
-            except Exception as e:  # corrupt samples are skipped and counted, never fatal
-                counters.corrupt += 1
-                counters.corrupt_keys.append(f"{sample.get('__url__', '?')}:{key}: {e}")
+            except Exception as e:  # corrupt samples are skipped and counted (fatal only by data.corrupt_shards)
+                counters.damaged(f"{sample.get('__url__', '?')}:{key}: {e}", 1)
+                failed += 1
+                # An endless stream whose every sample fails would spin: this many failures in a row means
+                # several whole cycles went by (a good sample survives that long in the buffer with p < 1e-8).
+                if self.mode == "train" and failed > 20 * (self.shuffle_buffer + counters.cycle_samples + 1):
+                    counters.exhausted = True
+                    break
                 continue
+            failed = 0
             clips.append((key, self._crop(wave, worker, counters.raw), meta, labels))
             if len(clips) == self.batch_size:
                 yield self._collate(clips, worker, counters)
                 clips = []
         if clips and not self.drop_last:
             yield self._collate(clips, worker, counters)
+        elif counters.corrupt_keys or counters.exhausted:
+            yield self._records_only(worker, counters)
+
+    def _records_only(self, worker: int, counters: SampleCounters) -> dict[str, Any]:
+        """A batch without clips that carries the last records (or the news that nothing is readable)."""
+        batch = {"keys": [], "worker": worker, "raw": counters.raw, "corrupt": counters.corrupt,
+                 "corrupt_keys": list(counters.corrupt_keys), "corrupt_lost": counters.lost,
+                 "exhausted": self.shards.source if counters.exhausted else None}
+        counters.corrupt_keys.clear()
+        counters.lost = 0
+        return batch
 
 
-def _count_error(counters: SampleCounters, url: str):
-    def handler(exn: Exception) -> bool:
-        counters.corrupt += 1
-        counters.corrupt_keys.append(f"{url}: {exn}")
-        log.warning("skipping unreadable data in %s: %s", url, exn)
-        return True
+class CheckedLoader:
+    """A DataLoader whose batches' damaged-data records go to the stream's :class:`CorruptLog`."""
 
-    return handler
+    def __init__(self, loader: DataLoader, log: CorruptLog):
+        self.loader, self.log = loader, log
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self.log.watch(self.loader)
 
 
-def make_loader(stream: ShardStream) -> DataLoader:
+def make_loader(stream: ShardStream) -> CheckedLoader:
     """A DataLoader over a :class:`ShardStream` (batches are formed inside the workers)."""
     workers = stream.loader_workers
-    return DataLoader(
+    return CheckedLoader(DataLoader(
         stream,
         batch_size=None,
         num_workers=workers,
@@ -375,4 +431,4 @@ def make_loader(stream: ShardStream) -> DataLoader:
         # its own generator: creating an iterator must not consume the global RNG (exact resume)
         generator=torch.Generator().manual_seed(stream.seed),
         prefetch_factor=2 if workers else None,
-    )
+    ), stream.corrupt_log)

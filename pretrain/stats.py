@@ -8,17 +8,21 @@ from typing import Any
 
 from .data import DataError, ShardStream, make_loader, resolve_shards
 from .features import FeatureConfig, RunningStats, fbank
+from .shard_reader import CorruptLog
 
 
 def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 0, allow_pipe: bool = False,
-                  features: FeatureConfig | None = None, batch_size: int = 16) -> dict[str, Any]:
-    """Mean and std of the (un-normalized) fbank over every real frame of every clip."""
+                  features: FeatureConfig | None = None, batch_size: int = 16,
+                  corrupt_shards: str = "skip") -> dict[str, Any]:
+    """Mean and std of the (un-normalized) fbank over every real frame of every clip.
+
+    Damaged shards and samples are skipped with a warning and listed (``corrupt_shards="error"``: fatal)."""
     shards = resolve_shards(spec, allow_pipe)
     features = features or FeatureConfig()
     workers = min(num_workers, len(shards.urls))
     # Whole clips: target_frames only bounds the crop, and 100k frames is ~17 minutes of audio.
     stream = ShardStream(shards, batch_size=batch_size, target_frames=100_000, mode="eval", num_workers=workers,
-                         features=features, compute_features=False)
+                         features=features, compute_features=False, corrupt_log=CorruptLog(corrupt_shards))
     stats = RunningStats()
     clips, t0 = 0, time.time()
     last = t0
@@ -33,4 +37,6 @@ def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 
             break
     if clips == 0:
         raise DataError(f"{spec}: no readable clips")
-    return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source}
+    log = stream.corrupt_log
+    return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source,
+            "corrupt_samples": log.samples, "corrupt_list": log.entries}

@@ -21,18 +21,19 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration, gather_object, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import Recipe, save_recipe
-from .data import ShardSet, ShardStream, make_loader, resolve_shards
+from .data import ShardSet, ShardStream, fit_workers, make_loader, resolve_shards
 from .encoder import Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization
 from .jsonio import write_json_atomic
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
 from .patches import valid_patches
+from .shard_reader import CorruptLog
 
 log = logging.getLogger("pretrain")
 
@@ -328,6 +329,9 @@ def train(recipe: Recipe) -> Path:
     is_main = acc.is_main_process
     shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe)
     valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe) if recipe.data.valid else None
+    workers = fit_workers(shards, "data.train", acc.num_processes, recipe.data.num_workers, is_main)
+    if valid is not None:  # validate() fits its workers the same way: a bad set must fail before step 1
+        fit_workers(valid, "data.valid", acc.num_processes, recipe.data.num_workers)
     normalization = resolve_normalization(recipe)
     set_seed(recipe.train.seed)
     encoder = build_encoder(recipe, normalization, {"shards": shards.source, "num_samples": shards.num_samples})
@@ -374,8 +378,9 @@ def train(recipe: Recipe) -> Path:
     stream_kw = dict(
         batch_size=t.batch_size, target_frames=recipe.data.target_frames, seed=t.seed, rank=rank, world_size=world,
         features=core.encoder.config.features, normalization=normalization, compute_features=not recipe.features.on_device,
+        corrupt_log=CorruptLog(recipe.data.corrupt_shards, prefix=f"warning: rank {rank}: " if world > 1 else "warning: "),
     )
-    stream = ShardStream(shards, mode="train", num_workers=recipe.data.num_workers,
+    stream = ShardStream(shards, mode="train", num_workers=workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
     progress = Progress(t.max_steps, is_main)
     window: dict[str, list[float]] = {}
@@ -384,7 +389,6 @@ def train(recipe: Recipe) -> Path:
     two_pass = recipe.objective.mode == "two_pass"
     it = None
     t_log, samples_log = time.time(), 0
-    corrupt_list: list[str] = []
     keys_file = open(run_dir / f"keys_rank{rank}.txt", "a") if t.record_keys else None  # noqa: SIM115
 
     while state.step < t.max_steps:
@@ -418,12 +422,7 @@ def train(recipe: Recipe) -> Path:
             state.samples_seen += fbank.shape[0] * world
             state.seconds_seen += batch["seconds"] * world
             samples_log += fbank.shape[0] * world
-            if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
-                state.corrupt_samples += len(batch["corrupt_keys"])
-                corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
-                if is_main:
-                    print(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): {batch['corrupt_keys'][0]}",
-                          file=sys.stderr)
+            state.corrupt_samples += batch["corrupt_lost"]  # warned and listed by stream.corrupt_log
         grad_norm = float("nan")
         if bad:
             optimizer.zero_grad(set_to_none=True)
@@ -478,6 +477,7 @@ def train(recipe: Recipe) -> Path:
     # DDP sanity check: every rank must hold the same parameters at the end.
     checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in core.parameters())], dtype=torch.float64)
     checksums = acc.gather(checksum.to(acc.device)).cpu().tolist()
+    corrupt = gather_object([(state.corrupt_samples, stream.corrupt_log.entries)])  # every rank's record
     export = run_dir / "export"
     acc.wait_for_everyone()
     if is_main:
@@ -489,8 +489,8 @@ def train(recipe: Recipe) -> Path:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
             save_file(heads, str(export / "heads.safetensors"))
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
-                   "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
-                   "corrupt_list": corrupt_list,
+                   "skipped_steps": state.skipped_steps, "corrupt_samples": sum(c[0] for c in corrupt),
+                   "corrupt_list": [e for c in corrupt for e in c[1]][:1000],
                    "processes": world, "rank_param_checksums": checksums,
                    "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
         write_json_atomic(run_dir / "metrics.json", metrics)
