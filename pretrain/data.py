@@ -162,9 +162,17 @@ class SampleCounters:
         self.corrupt_keys.append(message)
 
 
+AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
+
+
+def _complete(sample: dict[str, Any]) -> bool:
+    """Whether a sample has the members of the shard format (audio and json)."""
+    return "json" in sample and any(k in sample for k in AUDIO_MEMBERS)
+
+
 def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """Audio and metadata of a raw tar sample; raises on anything corrupt."""
-    audio_key = next((k for k in ("flac", "wav", "ogg", "mp3") if k in sample), None)
+    audio_key = next((k for k in AUDIO_MEMBERS if k in sample), None)
     if audio_key is None:
         raise ValueError("no audio member")
     wave, sr = sf.read(io.BytesIO(sample[audio_key]), dtype="float32", always_2d=True)
@@ -257,7 +265,7 @@ class ShardStream(IterableDataset):
             read = 0
             for url in self._shard_order(worker, cycle):
                 record = ShardRead(url, self.expected.get(url))
-                yield from read_shard(url, _open_url, record)
+                yield from read_shard(url, _open_url, record, _complete)
                 read += record.samples
                 if record.damaged:
                     counters.damaged(record.message(), record.lost_count())

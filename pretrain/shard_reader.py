@@ -4,7 +4,7 @@ A shard can be cut off mid-member (a copy interrupted), unreadable from byte 0, 
 zeroed header (tarfile takes it for the end of the archive and says nothing). :func:`read_shard` never
 raises for any of these: it yields the complete samples before the damage and fills a
 :class:`ShardRead` with what went wrong and, against ``index.json``'s per-shard count, how many samples
-were lost. The sample being read when the data ran out keeps only its members read whole.
+were lost. The sample being read when the data ran out is kept only if none of its members is missing.
 
 :class:`CorruptLog` lives in the consuming process (the trainer, ``stats``): batches carry the loader
 workers' records to it; it warns once per problem, counts the lost samples and keeps the list written
@@ -69,11 +69,12 @@ def split_name(name: str) -> tuple[str, str] | None:
     return (f"{head}/{key}" if head else key), ext.lower()
 
 
-def read_shard(url: str, open_url: Callable[[str], IO[bytes]], record: ShardRead) -> Iterator[dict[str, Any]]:
+def read_shard(url: str, open_url: Callable[[str], IO[bytes]], record: ShardRead,
+               complete: Callable[[dict[str, Any]], bool] = bool) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard (``{"__key__", "__url__", ext: bytes}``, members grouped by key).
 
     Never raises for damaged data: the error goes into ``record`` and reading stops. The sample being
-    read then is yielded with the members read whole (decoding rejects it if one is missing)."""
+    read then is yielded only if ``complete`` (its members were read whole), else counted as lost."""
     current: dict[str, Any] | None = None
     try:
         with open_url(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -93,6 +94,8 @@ def read_shard(url: str, open_url: Callable[[str], IO[bytes]], record: ShardRead
                 current[ext] = data
     except READ_ERRORS as e:
         record.error = f"{type(e).__name__}: {e}"
+        if current is not None and not complete(current):
+            return
     if current is not None:
         record.samples += 1
         yield current

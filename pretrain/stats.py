@@ -35,8 +35,9 @@ def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 
             print(f"stats: {clips} clips, {clips / max(last - t0, 1e-9):.1f} clips/s", file=sys.stderr)
         if max_samples and clips >= max_samples:
             break
-    if clips == 0:
-        raise DataError(f"{spec}: no readable clips")
     log = stream.corrupt_log
+    if clips == 0:
+        damaged = f" ({log.samples} lost to damaged data: {log.entries[0]})" if log.entries else ""
+        raise DataError(f"{spec}: no readable clips{damaged}")
     return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source,
             "corrupt_samples": log.samples, "corrupt_list": log.entries}

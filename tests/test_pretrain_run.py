@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pretrain.config import load_recipe
+from pretrain.data import resolve_shards, slot_shards
 from pretrain.encoder import Encoder
 
 from .conftest import REPO, run_cli
@@ -67,10 +69,26 @@ def test_pretrain_cli_errors(tiny_shards, tmp_path):
     assert p.returncode != 0 and "index.json" in p.stderr and "Traceback" not in p.stderr
 
 
+def _cut_one_shard_per_rank(tiny_shards: Path, out: Path, seed: int) -> list[str]:
+    """A copy of the train set where each of 2 ranks owns one shard cut to 60%; their names."""
+    (out / "train").mkdir(parents=True)
+    for p in (tiny_shards / "train").iterdir():
+        if p.is_file():
+            (out / "train" / p.name).write_bytes(p.read_bytes())
+    urls = resolve_shards(str(out / "train")).urls
+    cut = [Path(slot_shards(urls, seed, rank, 2)[0]) for rank in range(2)]
+    for p in cut:
+        p.write_bytes(p.read_bytes()[: int(p.stat().st_size * 0.6)])
+    return [p.name for p in cut]
+
+
 @pytest.mark.timeout(500)
 def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
-    """Real `accelerate launch` with 2 CPU processes: disjoint data, identical parameters, no hang."""
-    args = tiny_args(tiny_shards, tmp_path, "ddp", "train.max_steps=6", "train.record_keys=true",
+    """Real `accelerate launch` with 2 CPU processes: disjoint data, identical parameters, no hang;
+    each rank's damaged shard is warned about once and listed in metrics.json."""
+    seed = load_recipe(REPO / "recipes/pretrain/demo.toml").train.seed
+    cut = _cut_one_shard_per_rank(tiny_shards, tmp_path / "data", seed)
+    args = tiny_args(tmp_path / "data", tmp_path, "ddp", "train.max_steps=6", "train.record_keys=true",
                      "data.samples_per_epoch=16")
     env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -87,6 +105,11 @@ def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
     k1 = (run / "keys_rank1.txt").read_text().split()
     assert len(k0) == len(k1) == 6 * 4  # same number of batches on both ranks (uneven shards, no hang)
     assert not set(k0) & set(k1)  # disjoint shard subsets
+    for rank, name in enumerate(cut):
+        warned = [x for x in proc.stderr.splitlines() if x.startswith("warning:") and name in x and "lost" in x]
+        assert len(warned) == 1 and f"rank {rank}" in warned[0] and "lost" in warned[0], proc.stderr[-3000:]
+        assert any(name in e and "lost" in e for e in metrics["corrupt_list"]), metrics["corrupt_list"]
+    assert metrics["corrupt_samples"] > 0
 
 
 @pytest.mark.timeout(600)
