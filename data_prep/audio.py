@@ -31,7 +31,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-TARGET_SR = 16000
+from core.shard_format import SAMPLE_RATE
+
+TARGET_SR = SAMPLE_RATE  # the shard format's rate (core/shard_format.py)
 
 # librosa "kaiser_best" parameters as given in torchaudio's resampling documentation.
 RESAMPLE_KWARGS = {

@@ -42,13 +42,13 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from core import shard_format as fmt
+from core.shard_format import INDEX_FILE, SPLIT_ORDER
 from data_prep import audio, sources
 
 PLAN_VERSION = 2  # 2: the plan records the inputs it was made from
 PLAN_FILE = ".plan.json"
 PROGRESS_DIR = ".progress"
-INDEX_FILE = "index.json"
-SPLIT_ORDER = ("train", "valid", "test")
 DEFAULT_MIN_SECONDS = 0.5
 DEFAULT_SAMPLES_PER_SHARD = 1000
 DEFAULT_MAX_SHARD_MB = 512.0
@@ -309,7 +309,7 @@ def render_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, float] | str:
     for name in ("labels", "split", "fold"):
         if sample.get(name) is not None:
             meta[name] = sample[name]
-    return flac, json.dumps(meta, sort_keys=True).encode(), seconds
+    return flac, fmt.encode_meta(meta), seconds
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -347,8 +347,8 @@ def write_shard(
                     skipped.append({"source": sample["source"], "reason": result})
                     continue
                 flac, meta, sample_seconds = result
-                _add_member(tar, sample["key"] + ".flac", flac)
-                _add_member(tar, sample["key"] + ".json", meta)
+                _add_member(tar, f"{sample['key']}.{fmt.AUDIO_MEMBER}", flac)
+                _add_member(tar, f"{sample['key']}.{fmt.META_MEMBER}", meta)
                 count += 1
                 seconds += sample_seconds
                 labels.update(sample.get("labels") or ())
@@ -564,7 +564,7 @@ def build_plan(opts: ShardOptions, workers: _Workers) -> dict[str, Any]:
         for index, shard_samples in enumerate(cut_into_shards(samples, opts.samples_per_shard, max_bytes)):
             shards.append(
                 {
-                    "name": f"{name}-{index:06d}.tar",
+                    "name": fmt.shard_name(name, index),
                     "shard_hash": _hash_json(shard_samples),
                     "samples": shard_samples,
                 }
@@ -715,11 +715,8 @@ def _write_indexes(out: Path, plan: dict[str, Any], results: dict[str, dict[str,
         samples = sum(s["samples"] for s in shards)
         seconds = round(sum(s["seconds"] for s in shards), 6)
         index = {
-            "format": "webdataset",
-            "members": {
-                "flac": "16 kHz mono PCM_16",
-                "json": "source, offset_s, duration_s, orig_sr, labels, split, fold",
-            },
+            "format": fmt.INDEX_FORMAT,
+            "members": dict(fmt.MEMBERS_DESCRIPTION),
             "split": shard_set["split"],
             "shards": shards,
             "samples": samples,
@@ -747,7 +744,7 @@ def _write_indexes(out: Path, plan: dict[str, Any], results: dict[str, dict[str,
             all_skips = skips
     if has_splits:
         top = {
-            "format": "webdataset",
+            "format": fmt.INDEX_FORMAT,
             "splits": split_entries,
             "samples": total_samples,
             "seconds": round(total_seconds, 6),

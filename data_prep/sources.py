@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+from core.shard_format import AUDIO_SUFFIXES as AUDIO_EXTENSIONS
+
 LAYOUTS = ("auto", "folder", "manifest", "esc50", "speechcommands", "audioset", "voxceleb1", "librispeech")
 SPLITS = ("train", "valid", "test")
 
