@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object, set_seed
 
+from core.jsonio import write_json_atomic
+from core.progress import Progress
 from pretrain.config import RecipeError, save_recipe
 from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
 from pretrain.encoder import ExportError
 from pretrain.features import FeatureConfig, Normalization
-from pretrain.jsonio import write_json_atomic
 from pretrain.stats import compute_stats
-from pretrain.train import Progress, make_accelerator, warmup_cosine_lr
+from pretrain.train import make_accelerator, warmup_cosine_lr
 
 from .augment import augment_batch
 from .config import FinetuneRecipe
@@ -263,7 +263,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                          shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
                          vocabulary=labels, sample_weight=train_weight)
     gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
-    progress = Progress(total, is_main)
+    progress = Progress(total, "finetune", enabled=is_main)
     best: dict[str, Any] = {"main": -math.inf}
     wa_sum: dict[str, torch.Tensor] | None = None
     wa_count = 0
@@ -296,7 +296,9 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
             step += 1
             if step % t.log_every == 0:
                 progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
-                                force=not sys.stderr.isatty())
+                                log=True)
+            else:
+                progress.update(step)
         del batches
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if valid_set is not None:
@@ -314,10 +316,10 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         history.append(entry)
         if is_main:
             v = entry.get("valid", {})
-            print(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
-                  + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""),
-                  file=sys.stderr)
+            progress.write(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
+                           + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""))
 
+    progress.close()
     selected = "last"
     if wa_sum is not None:
         core.load_state_dict({k: (v / wa_count).to(core.state_dict()[k].dtype) for k, v in wa_sum.items()})

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jsonio import write_json_atomic
+from core.jsonio import write_json_atomic
 
 
 class RecipeError(ValueError):

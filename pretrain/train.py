@@ -25,11 +25,13 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.jsonio import write_json_atomic
+from core.progress import Progress
+
 from .config import Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
 from .encoder import Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization
-from .jsonio import write_json_atomic
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
 from .patches import valid_patches
@@ -269,24 +271,6 @@ def build_masks(recipe: Recipe, encoder: Encoder, num_frames: torch.Tensor, fram
     return [make_mask(recipe.masking.kind, valid, grid, counts, generator=g) for g in gen_seeds]
 
 
-class Progress:
-    """A one-line progress report on stderr (main process only)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0, self.last = total, enabled, time.time(), 0.0
-
-    def update(self, step: int, text: str, force: bool = False) -> None:
-        now = time.time()
-        if not self.enabled or (not force and now - self.last < 1.0):
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        line = f"step {step}/{self.total} {text} | {rate:.2f} steps/s | ETA {eta / 60:.1f} min"
-        end = "\r" if sys.stderr.isatty() and not force else "\n"
-        print(line, file=sys.stderr, end=end, flush=True)
-
-
 # ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(acc: Accelerator, recipe: Recipe, model: Pretrainer, shards: ShardSet, stream_kw: dict[str, Any]) -> dict[str, float]:
@@ -377,7 +361,7 @@ def train(recipe: Recipe) -> Path:
     )
     stream = ShardStream(shards, mode="train", num_workers=recipe.data.num_workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
-    progress = Progress(t.max_steps, is_main)
+    progress = Progress(t.max_steps, "pretrain", initial=state.step, enabled=is_main)
     window: dict[str, list[float]] = {}
     val_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -422,8 +406,8 @@ def train(recipe: Recipe) -> Path:
                 state.corrupt_samples += len(batch["corrupt_keys"])
                 corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
                 if is_main:
-                    print(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): {batch['corrupt_keys'][0]}",
-                          file=sys.stderr)
+                    progress.write(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): "
+                                   f"{batch['corrupt_keys'][0]}")
         grad_norm = float("nan")
         if bad:
             optimizer.zero_grad(set_to_none=True)
@@ -431,7 +415,7 @@ def train(recipe: Recipe) -> Path:
             state.skipped_steps += 1
             if is_main:
                 log.warning("step %d: non-finite loss on some rank; step skipped on every rank", state.step)
-                print(f"warning: step {state.step}: non-finite loss, step skipped", file=sys.stderr)
+                progress.write(f"warning: step {state.step}: non-finite loss, step skipped")
             if state.nonfinite_in_a_row >= t.max_nonfinite:
                 raise TrainingError(
                     f"{state.nonfinite_in_a_row} non-finite losses in a row at step {state.step}; aborting "
@@ -461,18 +445,22 @@ def train(recipe: Recipe) -> Path:
             acc.log(logs, step=state.step)
             history.append({"step": state.step, **means})
             progress.update(state.step, f"loss {means['loss']:.3f} (d {means['loss_d']:.3f} g {means['loss_g']:.4f}) "
-                                        f"acc {means['acc']:.3f} lr {lr:.2e}", force=not sys.stderr.isatty())
+                                        f"acc {means['acc']:.3f} lr {lr:.2e}", log=True)
             window, t_log, samples_log = {}, now, 0
+        else:
+            progress.update(state.step)
         if valid is not None and (state.step % t.val_every == 0 or state.step == t.max_steps):
             val_metrics = validate(acc, recipe, core, valid, stream_kw)
             acc.log(val_metrics, step=state.step)
             if schedule.report(val_metrics["val/acc"]) and is_main:
-                print(f"pretrain: validation plateau, LR scale now {schedule.scale}", file=sys.stderr)
+                progress.write(f"pretrain: validation plateau, LR scale now {schedule.scale}")
             if is_main:
-                print(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} acc {val_metrics['val/acc']:.4f}", file=sys.stderr)
+                progress.write(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} "
+                               f"acc {val_metrics['val/acc']:.4f}")
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
 
+    progress.close()
     if keys_file is not None:
         keys_file.close()
     # DDP sanity check: every rank must hold the same parameters at the end.
