@@ -389,3 +389,21 @@ def test_valid_fraction_splits_by_source_file_deterministically(corpus, tmp_path
     assert code == 1 and "already has splits" in stderr and stderr.count("\n") == 1  # the manifest has splits
     code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "e"), "--valid-fraction", "1"], capsys)
     assert code == 2 and "strictly between 0 and 1" in stderr
+
+
+def _imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "data_prep", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    names = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return proc, {name.split(".")[0] for name in names}
+
+
+@pytest.mark.timeout(120)
+def test_help_and_inspect_load_no_heavy_package(sharded):
+    heavy = {"torch", "torchaudio", "webdataset", "numpy", "soundfile", "scipy"}
+    for argv in (["--help"], ["shard", "--help"], ["synth", "--help"], ["inspect", "--help"]):
+        proc, modules = _imported_modules(*argv)
+        assert proc.returncode == 0 and "usage:" in proc.stdout
+        assert not modules & heavy, (argv, sorted(modules & heavy))
+    proc, modules = _imported_modules("inspect", str(sharded), "--workers", "1")
+    assert proc.returncode == 0 and "torch" not in modules and "webdataset" not in modules
