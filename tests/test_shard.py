@@ -407,3 +407,28 @@ def test_help_and_inspect_load_no_heavy_package(sharded):
         assert not modules & heavy, (argv, sorted(modules & heavy))
     proc, modules = _imported_modules("inspect", str(sharded), "--workers", "1")
     assert proc.returncode == 0 and "torch" not in modules and "webdataset" not in modules
+
+
+@pytest.mark.timeout(60)
+def test_truncated_and_garbled_inputs_and_dangling_links_are_skipped_and_listed(corpus, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in sorted(p.name for p in (corpus / "audio").rglob("*.wav"))[:2]:
+        shutil.copy(next((corpus / "audio").rglob(name)), src / name)
+    tone = (0.3 * np.sin(np.arange(32000) / 5.0)).astype(np.float32)
+    for name, fmt in (("cut.wav", "WAV"), ("cut.mp3", "MP3")):
+        buf = io.BytesIO()
+        sf.write(buf, tone, 16000, format=fmt)
+        data = buf.getvalue()
+        (src / name).write_bytes(data[: len(data) // 2] if fmt == "WAV" else
+                                 data[: len(data) // 3] + bytes(40) + data[len(data) // 3 + 40 :])
+    (src / "gone.flac").symlink_to(tmp_path / "unmounted" / "gone.flac")
+    code, stdout, stderr = _run_cli(["shard", str(src), str(tmp_path / "out"), "--layout", "folder", "-q"], capsys)
+    assert code == 0, stderr
+    assert "sharded 2 samples" in stdout and "skipped 3 inputs" in stdout
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    skipped = {s["source"]: (s["stage"], s["reason"]) for s in index["skipped"]}
+    assert skipped["cut.wav"][0] == "probe" and skipped["cut.wav"][1].startswith("truncated: the WAV data chunk")
+    assert skipped["cut.mp3"][0] == "probe" and skipped["cut.mp3"][1].startswith("garbled: the MPEG frame chain")
+    assert skipped["gone.flac"] == ("scan", f"dangling symlink (target {tmp_path / 'unmounted' / 'gone.flac'} "
+                                            "does not exist)")

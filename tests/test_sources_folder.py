@@ -53,3 +53,15 @@ def test_folder_follows_directory_links_without_looping(tmp_path):
     # dogs/ is visited once, whichever path reaches it first; no file is listed twice
     assert len(result.items) == 5
     assert len({item.path.resolve() for item in result.items}) == 5
+
+
+def test_a_dangling_symlink_is_listed_not_passed_over(tmp_path):
+    root = make_folder(tmp_path / "corpus")
+    (root / "dogs" / "gone.wav").symlink_to(tmp_path / "elsewhere" / "gone.wav")
+    (root / "moved").symlink_to(tmp_path / "old_disk" / "birds")  # a folder that is not there any more
+    (root / "notes.txt").symlink_to(tmp_path / "nothing.txt")  # not audio: not an input
+    result = scan(root, "folder")
+    assert "dogs/gone.wav" not in by_rel(result.items)
+    reasons = dict(result.skipped)
+    assert set(reasons) == {"dogs/gone.wav", "moved"}
+    assert reasons["dogs/gone.wav"] == f"dangling symlink (target {tmp_path / 'elsewhere' / 'gone.wav'} does not exist)"

@@ -95,3 +95,12 @@ def test_manifest_errors(tmp_path):
         scan(both, "manifest")
     with pytest.raises(SourceError, match="no manifest in"):
         scan(tmp_path, "manifest")  # CSV files, but none named manifest.csv
+
+
+def test_a_dangling_symlink_in_a_manifest_is_named_as_such(tmp_path):
+    write_audio(tmp_path / "a.wav")
+    (tmp_path / "b.wav").symlink_to(tmp_path / "gone.wav")
+    write_text(tmp_path / "manifest.csv", "path\na.wav\nb.wav\nc.wav\n")
+    result = scan(tmp_path, "manifest")
+    assert dict(result.skipped) == {"b.wav": "dangling symlink (manifest.csv line 3)",
+                                    "c.wav": "file not found (manifest.csv line 4)"}

@@ -44,7 +44,9 @@ def _start_matches(token: str | None, start: float) -> bool:
     return "." not in token and abs(value / 1000.0 - start) < 1e-3
 
 
-def _index_audioset_files(root: Path) -> tuple[dict[str, list[tuple[str | None, str]]], set[str]]:
+def _index_audioset_files(
+    root: Path, skipped: list[tuple[str, str]]
+) -> tuple[dict[str, list[tuple[str | None, str]]], set[str]]:
     """Map every possible YTID prefix of every audio file's stem to ``(start token, rel)``.
 
     A YTID may contain ``_`` and ``-``, so each ``_`` of the stem is a candidate end of the YTID; the
@@ -52,7 +54,7 @@ def _index_audioset_files(root: Path) -> tuple[dict[str, list[tuple[str | None, 
     """
     index: dict[str, list[tuple[str | None, str]]] = defaultdict(list)
     all_rels: set[str] = set()
-    for rel, _ in walk_audio(root):
+    for rel, _ in walk_audio(root, skipped):
         all_rels.add(rel)
         name = rel.rpartition("/")[2]
         stem = name[: name.rfind(".")]
@@ -107,6 +109,35 @@ def _audioset_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
             yield line_no, fields
 
 
+def _parse_row(
+    fields: list[str], where: str, known: set[str], classes_name: str, label_cache: dict[str, tuple[str, ...]]
+) -> tuple[str, str, str, float, tuple[str, ...]]:
+    """``(ytid, start text, end text, start seconds, labels)`` of a segments row; its errors name ``where``."""
+    if len(fields) < 4:
+        raise SourceError(f"{where}: expected YTID, start_seconds, end_seconds, positive_labels")
+    ytid, start_text, end_text, label_text = (x.strip() for x in fields[:4])
+    try:
+        start = float(start_text)
+    except ValueError:
+        raise SourceError(f"{where}: start_seconds {start_text!r} is not a number") from None
+    labels = label_cache.get(label_text)
+    if labels is None:  # rows share few distinct label strings: check each once
+        labels = tuple(mid.strip() for mid in label_text.split(",") if mid.strip())
+        for mid in labels:
+            if mid not in known:
+                raise SourceError(f"{where}: label {mid!r} is not in {classes_name}")
+        label_cache[label_text] = labels
+    return ytid, start_text, end_text, start, labels
+
+
+def _choose_files(candidates: list[tuple[str | None, str]], start: float) -> list[str]:
+    """The files of a YTID that hold the segment starting at ``start`` (sorted when several)."""
+    chosen = [rel for token, rel in candidates if _start_matches(token, start)]
+    if not chosen:  # a bare YTID.<ext> (or a name without a start) holds the only segment
+        chosen = [rel for token, rel in candidates if token is None]
+    return sorted(set(chosen)) if len(chosen) > 1 else chosen
+
+
 def scan(root: Path, options: ScanOptions) -> SourceScan:
     classes = root / "class_labels_indices.csv"
     if not classes.is_file():
@@ -116,46 +147,24 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
         raise SourceError(f"audioset layout: no *segments*.csv file at the top of {root}")
     vocabulary, display_names = _read_audioset_classes(classes)
     known = set(vocabulary)
-    index, all_rels = _index_audioset_files(root)
+    skipped: list[tuple[str, str]] = []
+    index, all_rels = _index_audioset_files(root, skipped)
     used: dict[str, tuple[str, int]] = {}  # rel -> (segments file, line) of the row that took it
     items: list[SourceItem] = []
-    skipped: list[tuple[str, str]] = []
-    label_cache: dict[str, tuple[str, ...]] = {}  # rows share few distinct label strings
+    label_cache: dict[str, tuple[str, ...]] = {}
     n_rows = 0
     for segments in segment_files:
         split = _split_from_segments_name(segments.name)
         for line_no, fields in _audioset_rows(segments):
-            if len(fields) < 4:
-                raise SourceError(
-                    f"{segments} line {line_no}: expected YTID, start_seconds, end_seconds, positive_labels"
-                )
-            ytid, start_text, end_text, label_text = (x.strip() for x in fields[:4])
-            try:
-                start = float(start_text)
-            except ValueError:
-                raise SourceError(
-                    f"{segments} line {line_no}: start_seconds {start_text!r} is not a number"
-                ) from None
-            labels = label_cache.get(label_text)
-            if labels is None:
-                labels = tuple(mid.strip() for mid in label_text.split(",") if mid.strip())
-                for mid in labels:
-                    if mid not in known:
-                        raise SourceError(
-                            f"{segments} line {line_no}: label {mid!r} is not in {classes.name}"
-                        )
-                label_cache[label_text] = labels
+            ytid, start_text, end_text, start, labels = _parse_row(fields, f"{segments} line {line_no}",
+                                                                   known, classes.name, label_cache)
             n_rows += 1
             candidates = index.get(ytid)
             if candidates is None:  # the common case in real copies: the clip was never downloaded
                 skipped.append((f"{ytid} {start_text}-{end_text}",
                                 f"no audio file for this segment ({segments.name} line {line_no})"))
                 continue
-            chosen = [rel for token, rel in candidates if _start_matches(token, start)]
-            if not chosen:  # a bare YTID.<ext> (or a name without a start) holds the only segment
-                chosen = [rel for token, rel in candidates if token is None]
-            if len(chosen) > 1:
-                chosen = sorted(set(chosen))
+            chosen = _choose_files(candidates, start)
             here = (segments.name, line_no)
             if not chosen:
                 names = ", ".join(sorted({rel for _, rel in candidates}))

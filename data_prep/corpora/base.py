@@ -105,12 +105,13 @@ def check_src(src: str | Path) -> Path:
     return path
 
 
-def walk_audio(root: Path) -> Iterator[tuple[str, str]]:
+def walk_audio(root: Path, skipped: list[tuple[str, str]] | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(rel, abspath)`` for every audio file below ``root`` (unsorted).
 
     ``os.scandir`` with an explicit stack: one syscall per directory, file types from the dirent.
     Directory symlinks are followed (corpora are often assembled from links), loops are cut by
-    remembering every directory's (device, inode).
+    remembering every directory's (device, inode). A dangling symlink with an audio name (or no
+    extension: it may have been a folder) is appended to ``skipped`` with its target, not passed over.
     """
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[str, str]] = [(str(root), "")]
@@ -134,10 +135,20 @@ def walk_audio(root: Path) -> Iterator[tuple[str, str]]:
                             stack.append((entry.path, prefix + name + "/"))
                         elif name.lower().endswith(AUDIO_SUFFIXES) and entry.is_file():
                             yield prefix + name, entry.path
+                        elif skipped is not None and entry.is_symlink():
+                            _note_dangling(entry, prefix + name, skipped)
                     except OSError:
-                        continue  # dangling link or vanished entry: not a usable file
+                        continue  # vanished entry: not a usable file
         except PermissionError as exc:
             raise SourceError(f"cannot list directory {directory}: {exc.strerror}") from exc
+
+
+def _note_dangling(entry: os.DirEntry, rel: str, skipped: list[tuple[str, str]]) -> None:
+    if os.path.exists(entry.path):
+        return  # a link to something else than audio or a folder (a socket, a text file)
+    name = entry.name.lower()
+    if name.endswith(AUDIO_SUFFIXES) or "." not in name:
+        skipped.append((rel, f"dangling symlink (target {os.readlink(entry.path)} does not exist)"))
 
 
 def make_item(root: Path, rel: str, **kwargs) -> SourceItem:

@@ -18,7 +18,7 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
     folder_labels = options.folder_labels
     items: list[SourceItem] = []
     skipped: list[tuple[str, str]] = []
-    for rel, _ in walk_audio(root):
+    for rel, _ in walk_audio(root, skipped):
         if not folder_labels:
             items.append(make_item(root, rel))
             continue

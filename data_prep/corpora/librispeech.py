@@ -68,7 +68,7 @@ def detect(root: Path, probe: int = 3, peek: int = 64) -> bool:
 def scan(root: Path, options: ScanOptions) -> SourceScan:
     items: list[SourceItem] = []
     skipped: list[tuple[str, str]] = []
-    for rel, _ in walk_audio(root):
+    for rel, _ in walk_audio(root, skipped):
         parts = rel.split("/")
         match = _LIBRI_NAME.fullmatch(parts[-1])
         if len(parts) < 3 or not match or match.group(1) != parts[-3] or match.group(2) != parts[-2]:

@@ -125,7 +125,8 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
             continue
         first_line[rel] = line_no
         if not path.is_file():
-            skipped.append((rel, f"file not found ({manifest.name} line {line_no})"))
+            what = "dangling symlink" if path.is_symlink() else "file not found"
+            skipped.append((rel, f"{what} ({manifest.name} line {line_no})"))
             continue
         items.append(SourceItem(path=path, rel=rel, labels=labels, split=split, fold=fold))
     if n_rows and not items:

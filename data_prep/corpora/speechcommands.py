@@ -41,7 +41,7 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
     items: list[SourceItem] = []
     skipped: list[tuple[str, str]] = []
     found: set[str] = set()
-    for rel, _ in walk_audio(root):
+    for rel, _ in walk_audio(root, skipped):
         word, sep, _ = rel.partition("/")
         if not sep:
             skipped.append((rel, "not in a word folder"))

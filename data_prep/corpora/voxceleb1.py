@@ -37,8 +37,9 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
     # the official vox1_dev_wav/wav + vox1_test_wav/wav side by side all work.
     items: list[SourceItem] = []
     skipped: list[tuple[str, str]] = []
+    dangling: list[tuple[str, str]] = []
     taken: dict[str, str] = {}
-    for rel, _ in sorted(walk_audio(root)):
+    for rel, _ in sorted(walk_audio(root, dangling)):
         key = "/".join(rel.split("/")[-3:])
         if key not in split_of:
             skipped.append((rel, "not in iden_split.txt"))
@@ -49,6 +50,7 @@ def scan(root: Path, options: ScanOptions) -> SourceScan:
             items.append(make_item(root, rel, labels=(key.partition("/")[0],), split=split_of[key]))
     for key in sorted(set(split_of) - set(taken)):
         skipped.append((key, _VOX_MISSING))
+    skipped += dangling
     if not items and skipped and skipped[0][1] != _VOX_MISSING:  # audio present, none of it listed
         raise SourceError(
             f"{split_file} does not match the audio: none of the files it lists is below {root}"
