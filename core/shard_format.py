@@ -10,6 +10,7 @@ This module is torch-free and imports only the standard library, so that ``data_
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,16 @@ def split_member(name: str) -> tuple[str, str]:
     if not dot or not key:
         raise ShardFormatError(f"member {name!r}: not KEY.SUFFIX")
     return key, suffix
+
+
+def tar_digest(path: str | Path) -> tuple[int, str]:
+    """``(bytes, sha256 hex)`` of a shard file: what index.json's optional ``bytes`` and ``sha256`` record."""
+    sha, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            sha.update(block)
+            size += len(block)
+    return size, sha.hexdigest()
 
 
 def is_audio_file(name: str) -> bool:

@@ -84,10 +84,16 @@ segments: without --clip-seconds every file is one sample. With it, files are cu
 clips of that length; a tail of at least --min-seconds becomes a shorter clip, a shorter tail is
 dropped. Files shorter than --min-seconds are skipped (and listed).
 
-resume: run the same command again after an interruption (even SIGKILL): finished shards are kept,
-the others are rendered again. Other arguments on an existing OUT are refused unless --overwrite.
-bad inputs (unreadable, empty, truncated, non-audio, NaN/inf, missing) are skipped and listed in
-index.json; the run fails only when nothing is usable, or on any skip with --strict.
+resume: run the same command again after an interruption (even SIGKILL): finished shards are kept
+if their tar still has the size and SHA-256 recorded when it was written; the others (unfinished, or
+truncated/altered since) are rendered again. Other arguments on an existing OUT are refused unless
+--overwrite.
+bad inputs (unreadable, empty, non-audio, NaN/inf, missing, dangling symlinks, and truncated or garbled
+files: a WAV/AIFF data chunk cut short, an MP3 frame chain broken, a FLAC that loses sync) are skipped
+and listed in index.json with their reason; the run fails only when nothing is usable, or on any skip
+with --strict.
+valid split: --valid-fraction F holds out round(F x files) source files (seeded by --seed; all clips of
+a file stay on one side) as OUT/valid/ and shards the rest as OUT/train/, for corpora without splits.
 """
 
 

@@ -8,6 +8,7 @@ sample counts and seconds match ``index.json``, and every shard it lists exists.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
@@ -32,6 +33,7 @@ from core.shard_format import (
     decode_meta,
     read_index,
     split_member,
+    tar_digest,
 )
 from core.shard_format import SAMPLE_RATE as TARGET_SR
 
@@ -54,6 +56,7 @@ class SetReport:
     durations: list[float] = field(default_factory=list)
     labels: Counter = field(default_factory=Counter)
     index_checked: bool = False
+    digest: tuple[int, str] | None = None  # (bytes, sha256) of a single shard's tar
 
 
 @dataclass
@@ -176,6 +179,8 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
             finish()
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"shard {path.name}: cannot read tar: {err}")
+    with contextlib.suppress(OSError):
+        report.digest = tar_digest(path)
     return report, problems
 
 
@@ -218,7 +223,11 @@ def _inspect_set(
         entry = listed.get(tar.name)
         if entry is None:
             problems.append(f"shard {tar.name}: not listed in index.json")
-        elif not shard_problems and (
+            continue
+        if "sha256" in entry and part.digest is not None and part.digest != (entry.get("bytes"), entry["sha256"]):
+            problems.append(f"shard {tar.name}: {part.digest[0]} bytes with another SHA-256 than index.json "
+                            f"records ({entry.get('bytes')} bytes): changed since it was written")
+        if not shard_problems and (
             entry["samples"] != samples
             or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)
         ):

@@ -30,7 +30,6 @@ from data_prep import audio
 PROGRESS_DIR = ".progress"
 _TAR_MTIME = 0  # fixed metadata so that tars are byte-deterministic
 _INLINE_PROBE_FILES = 1000  # fewer files are probed in this process (a pool start costs more)
-_HASH_CHUNK = 1 << 20
 
 
 # ------------------------------------------------------------------------------------- worker functions
@@ -108,17 +107,6 @@ class _HashingWriter:
 
     def tell(self) -> int:
         return self.size
-
-
-def file_digest(path: Path) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a file, read in 1 MiB blocks."""
-    sha = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_CHUNK):
-            sha.update(block)
-            size += len(block)
-    return size, sha.hexdigest()
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

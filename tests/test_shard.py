@@ -287,6 +287,16 @@ def test_inspect_passes_good_shards_and_names_a_corrupt_member(sharded, tmp_path
     assert code == 1
     assert target.name in stderr and bad_key in stderr
 
+    altered = tmp_path / "altered"  # a byte changed where no decoder looks (tar padding): only the hash sees it
+    shutil.copytree(sharded, altered)
+    target = sorted((altered / "train").glob("*.tar"))[1]
+    data = bytearray(target.read_bytes())
+    data[-1] = 1
+    target.write_bytes(bytes(data))
+    code, stdout, stderr = _run_cli(["inspect", str(altered)], capsys)
+    assert code == 1 and "1 problems found" in stderr
+    assert f"shard {target.name}: {len(data)} bytes with another SHA-256 than index.json records" in stderr
+
 
 @pytest.mark.timeout(30)
 def test_sample_keys_are_stable_dot_free_and_unique():
