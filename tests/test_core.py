@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from pathlib import Path
 
 from core.jsonio import write_json_atomic
 from core.progress import Progress, RateWindow
@@ -76,3 +77,26 @@ def test_disabled_progress_prints_nothing():
     p.update(5, "loss", log=True)
     p.close()
     assert out.getvalue() == ""
+
+
+def test_one_run_section_keeps_each_recipes_default_name(tmp_path):
+    from finetune.config import load_finetune_recipe
+    from pretrain.config import load_recipe
+
+    toml = tmp_path / "r.toml"
+    toml.write_text('[run]\noutput_dir = "out"\n')  # a [run] table without a name keeps the recipe's default
+    assert str(load_recipe(toml).run_dir) == str(Path("out") / "pretrain")
+    assert str(load_finetune_recipe(toml).run_dir) == str(Path("out") / "finetune")
+    assert load_finetune_recipe(None, ["run.name=x"]).run_dir == Path("runs") / "x"
+
+
+def test_one_optimizer_builder_passes_eps_and_per_group_decay():
+    import torch
+
+    from core.optim import build_optimizer, decay_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+    opt = build_optimizer("adamw", decay_groups(model, 0.05, set()), 1e-3, [0.9, 0.95], 1e-6)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["eps"] == 1e-6
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # only the Linear's matrix decays
