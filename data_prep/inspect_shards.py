@@ -140,6 +140,16 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
     return problems
 
 
+def _data_after(path: Path, offset: int) -> bool:
+    """Is any byte after ``offset`` not zero (tar pads its end with zero blocks)?"""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while block := fh.read(1 << 20):
+            if block.strip(b"\0"):
+                return True
+    return False
+
+
 def check_shard(path: Path) -> tuple[SetReport, list[str]]:
     """Decode-check one tar: its good samples (as a one-shard report) and its problems."""
     report = SetReport(name=path.name, shards=1)
@@ -149,11 +159,13 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
     current: dict[str, bytes] = {}
 
     def finish() -> None:
+        nonlocal current_key
         if current_key is not None:
             problems.extend(
                 f"shard {path.name}: key {current_key}: {p}"
                 for p in _check_sample(current_key, current, report)
             )
+        current_key = None  # checked once, even if an error follows
 
     try:
         with tarfile.open(path, "r:") as tar:
@@ -177,8 +189,13 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
                 handle = tar.extractfile(member)
                 current[ext] = handle.read() if handle is not None else b""
             finish()
+            end = tar.offset  # where tarfile saw the end-of-archive marker
+        if _data_after(path, end):  # a zeroed header reads as the end: members after it would be lost
+            problems.append(f"shard {path.name}: data after the end-of-archive marker at byte {end} "
+                                "(a damaged member header?)")
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"shard {path.name}: cannot read tar: {err}")
+        finish()  # the sample read before the damage counts (an incomplete one is reported as such)
     with contextlib.suppress(OSError):
         report.digest = tar_digest(path)
     return report, problems

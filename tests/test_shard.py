@@ -290,8 +290,10 @@ def test_inspect_passes_good_shards_and_names_a_corrupt_member(sharded, tmp_path
     altered = tmp_path / "altered"  # a byte changed where no decoder looks (tar padding): only the hash sees it
     shutil.copytree(sharded, altered)
     target = sorted((altered / "train").glob("*.tar"))[1]
+    with tarfile.open(target) as tar:
+        member = next(m for m in tar.getmembers() if m.size % 512)
     data = bytearray(target.read_bytes())
-    data[-1] = 1
+    data[member.offset_data + member.size] = 1  # the zero padding after a member's data
     target.write_bytes(bytes(data))
     code, stdout, stderr = _run_cli(["inspect", str(altered)], capsys)
     assert code == 1 and "1 problems found" in stderr
