@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.jsonio import write_json_atomic
+from core.jsonio import write_json_atomic
 
 from .config import load_finetune_recipe
 from .train import finetune

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pretrain.config import load_recipe
+from core.recipe import Choices, RecipeBase, RunSection, load_recipe
 
 
 @dataclass
@@ -64,6 +63,7 @@ class OptimSection:
     lr: float = 1e-4  # base learning rate
     weight_decay: float = 5e-7  # weight decay (matrices only)
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
     head_lr_mult: float = 1.0  # LR multiplier of the head (SSAMBA AS-20K: 3)
     clip_grad_norm: float = 0.0  # 0 = off
 
@@ -95,13 +95,7 @@ class TrainSection:
 
 
 @dataclass
-class RunSection:
-    name: str = "finetune"  # run directory name
-    output_dir: str = "runs"  # runs/NAME/ holds export/ and metrics.json
-
-
-@dataclass
-class FinetuneRecipe:
+class FinetuneRecipe(RecipeBase):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     task: TaskSection = field(default_factory=TaskSection)
@@ -110,14 +104,10 @@ class FinetuneRecipe:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
-    run: RunSection = field(default_factory=RunSection)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+    run: RunSection = field(default_factory=lambda: RunSection(name="finetune"))  # runs/NAME: export/, metrics.json
 
 
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+CHOICES: Choices = {
     ("model", "mode"): ("full", "linear_probe"),
     ("data", "corrupt_shards"): ("skip", "error"),
     ("model", "pooling"): ("mean", "cls"),
@@ -131,5 +121,5 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def load_finetune_recipe(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneRecipe:
     """Load a fine-tuning recipe with strict keys and ``--set`` overrides."""
-    recipe: Any = load_recipe(path, overrides, cls=FinetuneRecipe, choices=CHOICES)
+    recipe: FinetuneRecipe = load_recipe(path, overrides, FinetuneRecipe, CHOICES)
     return recipe

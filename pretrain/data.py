@@ -34,8 +34,9 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 
+from core import shard_format as fmt
+
 from .features import FeatureConfig, Normalization, model_input, pad_waves
-from .patches import samples_for_frames
 from .shard_reader import CorruptLog, ShardRead, expected_counts, read_shard
 
 log = logging.getLogger(__name__)
@@ -88,9 +89,9 @@ def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
     if isinstance(spec, str) and "://" not in spec and not spec.startswith("pipe:"):
         p = Path(spec)
         if p.is_dir():
-            if not (p / "index.json").is_file():
-                raise DataError(f"{p}: directory has no index.json (give a brace pattern or a list of shards)")
-            return _index_urls(p / "index.json")
+            if not (p / fmt.INDEX_FILE).is_file():
+                raise DataError(f"{p}: directory has no {fmt.INDEX_FILE} (give a brace pattern or a list of shards)")
+            return _index_urls(p / fmt.INDEX_FILE)
         if p.suffix == ".json":
             if not p.is_file():
                 raise DataError(f"shard index {p} not found")
@@ -162,30 +163,25 @@ class SampleCounters:
         self.corrupt_keys.append(message)
 
 
-AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
-
-
 def _complete(sample: dict[str, Any]) -> bool:
     """Whether a sample has the members of the shard format (audio and json)."""
-    return "json" in sample and any(k in sample for k in AUDIO_MEMBERS)
+    return fmt.META_MEMBER in sample and any(k in sample for k in fmt.READABLE_AUDIO_MEMBERS)
 
 
 def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """Audio and metadata of a raw tar sample; raises on anything corrupt."""
-    audio_key = next((k for k in AUDIO_MEMBERS if k in sample), None)
+    audio_key = next((k for k in fmt.READABLE_AUDIO_MEMBERS if k in sample), None)
     if audio_key is None:
         raise ValueError("no audio member")
     wave, sr = sf.read(io.BytesIO(sample[audio_key]), dtype="float32", always_2d=True)
-    if sr != 16000:
-        raise ValueError(f"sample rate {sr}, expected 16000")
+    if sr != fmt.SAMPLE_RATE:
+        raise ValueError(f"sample rate {sr}, expected {fmt.SAMPLE_RATE}")
     wave = wave.mean(axis=1)
     if wave.size == 0 or not np.isfinite(wave).all():
         raise ValueError("empty or non-finite audio")
-    if "json" not in sample:  # every sample of the shard format has one (its member may have been cut off)
+    if fmt.META_MEMBER not in sample:  # every sample of the shard format has one (it may have been cut off)
         raise ValueError("no json member")
-    meta = json.loads(sample["json"])
-    if not isinstance(meta, dict):
-        raise ValueError("json member is not an object")
+    meta = fmt.decode_meta(sample[fmt.META_MEMBER])
     return wave, meta
 
 
@@ -232,7 +228,7 @@ class ShardStream(IterableDataset):
         self.drop_last = drop_last and mode == "train"
         # Keep a sample with this probability (0 drops it: fold filters; <1: balanced sampling).
         self.sample_weight = sample_weight
-        self.max_samples = samples_for_frames(target_frames, self.features.frame_length, self.features.frame_shift)
+        self.max_samples = self.features.num_samples(target_frames)
         self.epoch = 0
         # Resume: batch index within the epoch and each logical worker's raw-sample count at that point.
         self.start_batch = 0
@@ -309,7 +305,7 @@ class ShardStream(IterableDataset):
 
     def _keep(self, sample: dict[str, Any], worker: int, raw_index: int) -> bool:
         try:
-            w = self.sample_weight(json.loads(sample.get("json", b"{}")))
+            w = self.sample_weight(json.loads(sample.get(fmt.META_MEMBER, b"{}")))
         except (ValueError, TypeError, AttributeError):
             return True  # let decoding report the corrupt sample
         if w >= 1.0:

@@ -24,8 +24,11 @@ from .features import FeatureConfig, Normalization
 from .patches import grid_shape
 
 FORMAT_VERSION = 1
+# The export's file names (the contract between the stages; every reader and writer imports them).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+HEADS_NAME = "heads.safetensors"  # the SSAST pretraining heads (continued pretraining)
+CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"  # an imported AST checkpoint's classifier
 # Sections of config.json that other stages add and the Encoder itself does not read.
 EXTRA_SECTIONS = ("task", "pretraining", "heads")
 

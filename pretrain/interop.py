@@ -47,7 +47,9 @@ import torch
 from safetensors.torch import load_file
 
 from .encoder import (
+    CLASSIFIER_HEAD_NAME,
     CONFIG_NAME,
+    HEADS_NAME,
     WEIGHTS_NAME,
     Encoder,
     EncoderConfig,
@@ -59,8 +61,6 @@ from .encoder import (
 from .features import FeatureConfig, Normalization
 from .patches import grid_shape
 
-HEADS_NAME = "heads.safetensors"
-CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"
 HF_PREPROCESSOR_NAME = "preprocessor_config.json"
 FORMATS = ("ssast", "ast")
 # SSAST head name -> SSASTObjective attribute.

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from tqdm import tqdm
+
 # What damaged bytes make tarfile (and the decompressors "r|*" may pick) raise; anything else is a bug.
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error, lzma.LZMAError)
 POLICIES = ("skip", "error")
@@ -146,7 +148,7 @@ class CorruptLog:
                 raise DataError(f"{entry} (data.corrupt_shards = \"error\"; \"skip\" goes on without it)")
             if len(self.entries) < self.limit:
                 self.entries.append(entry)
-            print(f"{self.prefix}skipped damaged data: {entry}", file=sys.stderr)
+            tqdm.write(f"{self.prefix}skipped damaged data: {entry}", file=sys.stderr)  # above any progress bar
         if batch.get("exhausted"):
             from .data import DataError
 
