@@ -56,7 +56,8 @@ class ShardRead:
         return lost if lost is not None else int(self.error is not None)
 
     def message(self) -> str:
-        what = f"cut off or unreadable ({self.error})" if self.error else "ends early (a zeroed or damaged header)"
+        what = (f"cut off or unreadable ({self.error})" if self.error
+                else "ends early (cut at a member boundary, or a zeroed or damaged header)")
         if self.expected is None:
             return f"{self.url}: {what}; {self.samples} sample(s) read, the rest lost (no index.json count)"
         return f"{self.url}: {what}; {self.samples} of {self.expected} samples read, {self.lost} lost"
@@ -75,8 +76,8 @@ def read_shard(url: str, open_url: Callable[[str], IO[bytes]], record: ShardRead
                complete: Callable[[dict[str, Any]], bool] = bool) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard (``{"__key__", "__url__", ext: bytes}``, members grouped by key).
 
-    Never raises for damaged data: the error goes into ``record`` and reading stops. The sample being
-    read then is yielded only if ``complete`` (its members were read whole), else counted as lost."""
+    Never raises for damaged data: the error goes into ``record`` and reading stops. The last sample
+    is yielded only if ``complete`` (no member missing), else counted as lost."""
     current: dict[str, Any] | None = None
     try:
         with open_url(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -96,9 +97,10 @@ def read_shard(url: str, open_url: Callable[[str], IO[bytes]], record: ShardRead
                 current[ext] = data
     except READ_ERRORS as e:
         record.error = f"{type(e).__name__}: {e}"
-        if current is not None and not complete(current):
-            return
-    if current is not None:
+    if current is not None and not complete(current):  # tarfile may also stop silently at a cut header
+        members = ", ".join(sorted(k for k in current if not k.startswith("__")))
+        record.error = record.error or f"the shard ends inside sample {current['__key__']} (only: {members})"
+    elif current is not None:
         record.samples += 1
         yield current
 

@@ -249,16 +249,49 @@ def test_recipe_key_corrupt_shards_in_both_schemas():
 
 
 def test_incomplete_sample_is_not_trained_on(tiny_shards, tmp_path):
-    """A sample whose json member was cut off is counted, not kept without its labels."""
+    """A sample without its json (mid-shard, or where the shard ends) is counted, never kept without labels."""
     src = sorted((tiny_shards / "train").glob("*.tar"))[0]
     with tarfile.open(src) as t:
         members = [(m, t.extractfile(m).read()) for m in t]
-    bad = tmp_path / "bad-000000.tar"
-    with tarfile.open(bad, "w") as t:
-        for m, data in members[:-1]:  # the last sample keeps only its flac
-            t.addfile(m, io.BytesIO(data))
-    log = CorruptLog()
-    stream = ShardStream(resolve_shards(str(bad)), batch_size=1, target_frames=32, mode="eval", drop_last=False,
-                         corrupt_log=log)
-    keys = [k for b in make_loader(stream) for k in b["keys"]]
-    assert len(keys) == len(members) // 2 - 1 and log.samples == 1 and "no json" in log.entries[0]
+    for drop, says in ((1, "no json member"), (len(members) - 1, "ends inside sample")):
+        bad = tmp_path / f"bad{drop}-000000.tar"
+        with tarfile.open(bad, "w") as t:
+            for i, (m, data) in enumerate(members):
+                if i != drop:
+                    t.addfile(m, io.BytesIO(data))
+        log = CorruptLog()
+        stream = ShardStream(resolve_shards(str(bad)), batch_size=1, target_frames=32, mode="eval", drop_last=False,
+                             corrupt_log=log)
+        keys = [k for b in make_loader(stream) for k in b["keys"]]
+        assert len(keys) == len(members) // 2 - 1 and log.samples == 1 and says in log.entries[0], log.entries
+
+
+@pytest.mark.timeout(300)
+def test_finetune_run_lists_damaged_train_and_test_shards(tiny_shards, tmp_path, capsys, one_thread):
+    """Fine-tuning: a cut training shard and a cut test shard are each warned about once and listed in
+    metrics.json; the run finishes."""
+    from finetune.train import finetune
+
+    from .test_finetune import make_vit_export, tiny_recipe
+
+    data = tmp_path / "data"
+    cut = []
+    for split in ("train", "valid", "test"):
+        (data / split).mkdir(parents=True)
+        for p in (tiny_shards / split).iterdir():
+            if p.is_file():
+                (data / split / p.name).write_bytes(p.read_bytes())
+        for victim in sorted((data / split).glob("*.tar"))[: {"train": 9, "valid": 0, "test": 1}[split]]:
+            victim.write_bytes(victim.read_bytes()[: int(victim.stat().st_size * 0.6)])
+            cut.append(victim.name)  # every training shard: the short run reads only some of them
+    export = make_vit_export(tmp_path / "export")
+    recipe = tiny_recipe(data, tmp_path / "runs", "damaged", **{"model.encoder": str(export)})
+    result = finetune(recipe)
+    err = capsys.readouterr().err
+    warned = {name: sum(name in line and "lost" in line for line in err.splitlines()) for name in cut}
+    listed = {name for name in cut if any(name in e and "lost" in e for e in result["corrupt_list"])}
+    assert max(warned.values()) == 1 and listed == {name for name, n in warned.items() if n}, (warned, err)
+    assert cut[-1] in listed and listed - {cut[-1]}, listed  # the test shard and some training shard
+    assert result["corrupt_samples"] > 0 and "test" in result
+    written = json.loads((tmp_path / "runs" / "damaged" / "metrics.json").read_text())
+    assert written["corrupt_list"] == result["corrupt_list"]
