@@ -36,6 +36,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from core import shard_format as fmt
 
+from .config import DataSection
 from .features import FeatureConfig, Normalization, model_input, pad_waves
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int = DataSection.shuffle_buffer,
         features: FeatureConfig | None = None,
         normalization: Normalization | None = None,
         compute_features: bool = True,

@@ -31,7 +31,7 @@ from core.optim import build_optimizer, decay_groups
 from core.progress import Progress
 from core.schedule import warmup_cosine_lr
 
-from .config import Recipe, save_recipe
+from .config import ObjectiveSection, Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
 from .encoder import HEADS_NAME, Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization, resolve_normalization
@@ -51,7 +51,8 @@ class Pretrainer(nn.Module):
     """Encoder + SSAST heads; one ``forward`` computes the whole loss (one or two encoder passes),
     so DDP sees exactly one forward per backward."""
 
-    def __init__(self, encoder: Encoder, nce_weight: float = 1.0, mse_weight: float = 10.0):
+    def __init__(self, encoder: Encoder, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight):
         super().__init__()
         self.encoder = encoder
         pt, pf = encoder.config.patch
@@ -361,7 +362,7 @@ def train(recipe: Recipe) -> Path:
             samples_log += fbank.shape[0] * world
             if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
                 state.corrupt_samples += len(batch["corrupt_keys"])
-                corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
+                corrupt_list.extend(batch["corrupt_keys"][: max(0, t.max_corrupt_listed - len(corrupt_list))])
                 if is_main:
                     progress.write(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): "
                                    f"{batch['corrupt_keys'][0]}")
