@@ -240,9 +240,9 @@ def shard_corpus(opts: ShardOptions) -> ShardSummary:
         plan = _plan(opts, pool, plan)
         todo, results, damaged = _render_tasks(out, plan, pool.workers, opts.progress)
         if damaged and opts.progress:
-            print(f"rebuilding {len(damaged)} finished shards changed since they were written "
-                  f"(size or SHA-256): {', '.join(damaged[:5])}" + (" ..." if len(damaged) > 5 else ""),
-                  file=sys.stderr)
+            print(f"rebuilding {len(damaged)} finished shards whose tar no longer has the size and SHA-256 "
+                  f"recorded when it was written (or was written without them): {', '.join(damaged[:5])}"
+                  + (" ..." if len(damaged) > 5 else ""), file=sys.stderr)
         results.update(_render(opts, pool, todo))
     totals = write_indexes(out, plan, results)
     summary = ShardSummary(

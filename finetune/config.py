@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.recipe import Choices, RecipeBase, RunSection, load_recipe
+from pretrain.config import DataSection as PretrainData
 
 
 @dataclass
@@ -24,9 +25,9 @@ class DataSection:
     train: str | list[str] = ""  # labeled training shards (index.json gives the vocabulary)
     valid: str | list[str] | None = None  # model selection (best epoch) on these
     test: str | list[str] | None = None  # final metrics on these
-    target_frames: int = 1024  # input length in frames (SSAST: 1024 AudioSet, 512 ESC-50, 128 SC)
+    target_frames: int = PretrainData.target_frames  # input length in frames (SSAST: 1024 AudioSet, 512 ESC-50, 128 SC)
     num_workers: int = 2  # loader processes
-    shuffle_buffer: int = 1000  # samples per worker shuffle buffer
+    shuffle_buffer: int = PretrainData.shuffle_buffer  # samples per worker shuffle buffer
     allow_pipe: bool = False  # allow pipe: URLs (they run shell commands)
     balanced: bool = False  # balanced sampling for multi-label data (AudioSet style)
     folds: list[int] | None = None  # k-fold cross-validation over the `fold` field (ESC-50): test on each in turn
@@ -45,6 +46,7 @@ class FeaturesSection:
     std: float | None = None
     stats: str | None = None  # a JSON from `python -m pretrain stats`
     use_encoder_stats: bool = False  # keep the statistics stored in the encoder's config.json
+    stats_max_samples: int = 2000  # clips the statistics are computed on (when not given)
 
 
 @dataclass
@@ -95,6 +97,15 @@ class TrainSection:
 
 
 @dataclass
+class CompareSection:
+    # `finetune compare` only: a linear probe trains the head alone (no backward through the encoder), so it
+    # gets this many times the recipe's epochs, without SpecAugment or mixup (MAE's probe protocol).
+    probe_epochs_factor: int = 4  # linear-probe epochs = this x train.epochs
+    probe_overrides: list[str] = field(  # --set overrides applied to the linear probes
+        default_factory=lambda: ["augment.freqm=0", "augment.timem=0", "augment.mixup=0"])
+
+
+@dataclass
 class FinetuneRecipe(RecipeBase):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -104,6 +115,7 @@ class FinetuneRecipe(RecipeBase):
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
+    compare: CompareSection = field(default_factory=CompareSection)
     run: RunSection = field(default_factory=lambda: RunSection(name="finetune"))  # runs/NAME: export/, metrics.json
 
 

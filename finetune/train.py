@@ -106,7 +106,8 @@ def normalization_for(recipe: FinetuneRecipe, encoder_norm: Normalization, train
             return encoder_norm
         cache = run_dir / "stats.json"
         if acc.is_main_process and not cache.is_file():
-            s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features,
+            s = compute_stats(train.urls, max_samples=recipe.features.stats_max_samples,
+                              allow_pipe=recipe.data.allow_pipe, features=features,
                               corrupt_shards=recipe.data.corrupt_shards)
             write_json_atomic(cache, s)
         acc.wait_for_everyone()

@@ -92,6 +92,7 @@ class TrainSection:
     max_nonfinite: int = 10  # abort after this many non-finite losses in a row
     keep_heads: bool = True  # also export the pretraining heads (heads.safetensors)
     record_keys: bool = False  # write the sample keys each rank trained on to keys_rank{R}.txt (audits)
+    max_corrupt_listed: int = 1000  # corrupt sample keys listed in metrics.json (all are counted)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from webdataset.gopen import gopen
 
 from core import shard_format as fmt
 
+from .config import DataSection
 from .features import FeatureConfig, Normalization, model_input, pad_waves
 from .shard_reader import CorruptLog, ShardRead, expected_counts, read_shard
 
@@ -202,7 +203,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int = DataSection.shuffle_buffer,
         features: FeatureConfig | None = None,
         normalization: Normalization | None = None,
         compute_features: bool = True,

@@ -38,6 +38,8 @@ from torch import Tensor
 
 from core.recipe import RecipeError
 
+from .config import ModelSection
+
 # AudioSet statistics used by AST/SSAST (the default when a dataset's own are unknown).
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
@@ -54,7 +56,7 @@ class FeatureConfig:
     """Parameters of the fbank; recorded in every exported ``config.json``."""
 
     sample_rate: int = 16000
-    num_mel_bins: int = 128
+    num_mel_bins: int = ModelSection.num_mel_bins
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window_type: str = "hanning"

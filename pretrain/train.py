@@ -31,7 +31,7 @@ from core.optim import build_optimizer, decay_groups
 from core.progress import Progress
 from core.schedule import warmup_cosine_lr
 
-from .config import Recipe, save_recipe
+from .config import ObjectiveSection, Recipe, save_recipe
 from .data import ShardSet, ShardStream, fit_workers, make_loader, resolve_shards
 from .encoder import HEADS_NAME, Encoder, EncoderConfig, load_state_strict
 from .features import FeatureConfig, Normalization, resolve_normalization
@@ -52,7 +52,8 @@ class Pretrainer(nn.Module):
     """Encoder + SSAST heads; one ``forward`` computes the whole loss (one or two encoder passes),
     so DDP sees exactly one forward per backward."""
 
-    def __init__(self, encoder: Encoder, nce_weight: float = 1.0, mse_weight: float = 10.0):
+    def __init__(self, encoder: Encoder, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight):
         super().__init__()
         self.encoder = encoder
         pt, pf = encoder.config.patch
@@ -319,7 +320,8 @@ def train(recipe: Recipe) -> Path:
     stream_kw = dict(
         batch_size=t.batch_size, target_frames=recipe.data.target_frames, seed=t.seed, rank=rank, world_size=world,
         features=core.encoder.config.features, normalization=normalization, compute_features=not recipe.features.on_device,
-        corrupt_log=CorruptLog(recipe.data.corrupt_shards, prefix=f"warning: rank {rank}: " if world > 1 else "warning: "),
+        corrupt_log=CorruptLog(recipe.data.corrupt_shards, limit=t.max_corrupt_listed,
+                               prefix=f"warning: rank {rank}: " if world > 1 else "warning: "),
     )
     stream = ShardStream(shards, mode="train", num_workers=workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
@@ -435,7 +437,7 @@ def train(recipe: Recipe) -> Path:
             save_file(heads, str(export / HEADS_NAME))
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": sum(c[0] for c in corrupt),
-                   "corrupt_list": [e for c in corrupt for e in c[1]][:1000],
+                   "corrupt_list": [e for c in corrupt for e in c[1]][: t.max_corrupt_listed],
                    "processes": world, "rank_param_checksums": checksums,
                    "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
         write_json_atomic(run_dir / "metrics.json", metrics)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.__main__ import main
 from data_prep.shards import ShardError, ShardOptions, shard_corpus
 
 CLIPS = 24  # the shared `corpus` fixture (conftest.py)
@@ -132,7 +133,7 @@ def test_rerun_renders_only_unfinished_shards_and_cleans_leftovers(corpus, refer
 
 
 @pytest.mark.timeout(60)
-def test_a_finished_shard_damaged_later_is_noticed_and_rebuilt(corpus, reference, tmp_path):
+def test_a_finished_shard_damaged_later_is_noticed_and_rebuilt(corpus, reference, tmp_path, capsys):
     out = tmp_path / "out"
     opts = ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
     shard_corpus(opts)
@@ -156,6 +157,13 @@ def test_a_finished_shard_damaged_later_is_noticed_and_rebuilt(corpus, reference
     assert summary.rendered_shards == 3
     assert summary.rebuilt_shards == [f"train/{t.name}" for t in tars[:3]]
     assert _outputs(out) == _outputs(reference)
+
+    tars[3].write_bytes(tars[3].read_bytes()[:1000])  # the CLI says what it rebuilds
+    main(["shard", str(corpus), str(out), "--samples-per-shard", str(PER_SHARD), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert f"rebuilding 1 finished shards whose tar no longer has the size and SHA-256 recorded when it was " \
+           f"written (or was written without them): train/{tars[3].name}" in err
+    assert "verify: 100%" in err and _outputs(out) == _outputs(reference)
 
 
 @pytest.mark.timeout(60)
