@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,10 @@ class TrainState:
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
     corrupt_samples: int = 0
+    # What the run's files hold up to this step, so that a resumed run writes what an uninterrupted one would.
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics.json history
+    validation: dict[str, float] = field(default_factory=dict)  # the last validation
+    window: dict[str, list[float]] = field(default_factory=dict)  # losses since the last log line
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,6 +206,15 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, state: TrainState, position
         for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def open_keys_file(path: Path, lines: int) -> Any:
+    """``keys_rank{R}.txt`` for appending, cut to its first ``lines`` keys (those up to the checkpoint a
+    run resumes from; the keys read after it are read again)."""
+    if path.is_file():
+        with open(path, "r+b") as f:
+            f.truncate(sum(len(line) for _, line in zip(range(lines), f)))
+    return open(path, "a")  # noqa: SIM115
 
 
 def load_checkpoint(acc: Accelerator, path: Path) -> dict[int, int]:
@@ -306,12 +319,12 @@ def train(recipe: Recipe) -> Path:
             f"{t.batch_size * world * t.grad_accum} | {len(shards.urls)} shards, {batches_per_epoch} batches/epoch/rank",
             file=sys.stderr,
         )
-        acc.init_trackers(recipe.run.name, config=_flat_hparams(recipe))
-    else:
-        acc.init_trackers(recipe.run.name)
+    checkpoints = list_checkpoints(run_dir)
+    # TensorBoard hides what a killed run logged after its last checkpoint (the resumed run logs it again).
+    purge = {"tensorboard": {"purge_step": int(checkpoints[-1].name[5:]) + 1}} if checkpoints else {}
+    acc.init_trackers(recipe.run.name, config=_flat_hparams(recipe) if is_main else None, init_kwargs=purge)
 
     positions: dict[int, int] = {}
-    checkpoints = list_checkpoints(run_dir)
     if checkpoints:
         positions = load_checkpoint(acc, checkpoints[-1])
         if is_main:
@@ -326,13 +339,12 @@ def train(recipe: Recipe) -> Path:
     stream = ShardStream(shards, mode="train", num_workers=workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
     progress = Progress(t.max_steps, "pretrain", initial=state.step, enabled=is_main)
-    window: dict[str, list[float]] = {}
-    val_metrics: dict[str, float] = {}
-    history: list[dict[str, float]] = []
+    window, val_metrics, history = state.window, state.validation, state.history  # a resume restores them
     two_pass = recipe.objective.mode == "two_pass"
     it = None
     t_log, samples_log = time.time(), 0
-    keys_file = open(run_dir / f"keys_rank{rank}.txt", "a") if t.record_keys else None  # noqa: SIM115
+    keys_lines = state.step * t.grad_accum * t.batch_size  # every micro-batch of a training stream is full
+    keys_file = open_keys_file(run_dir / f"keys_rank{rank}.txt", keys_lines) if t.record_keys else None
 
     while state.step < t.max_steps:
         if it is None or state.batch_in_epoch >= batches_per_epoch:
@@ -416,6 +428,9 @@ def train(recipe: Recipe) -> Path:
                 progress.write(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} "
                                f"acc {val_metrics['val/acc']:.4f}")
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
+            state.window, state.validation, state.history = window, val_metrics, history
+            if keys_file is not None:
+                keys_file.flush()  # the keys up to a checkpoint survive a kill
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
 
     progress.close()

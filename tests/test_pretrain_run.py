@@ -114,7 +114,9 @@ def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
-    common = ["train.max_steps=12", "train.checkpoint_every=4", "data.num_workers=2", "data.samples_per_epoch=20"]
+    """Weights, metrics.json history, keys files and TensorBoard scalars all equal an uninterrupted run's."""
+    common = ["train.max_steps=12", "train.checkpoint_every=4", "data.num_workers=2", "data.samples_per_epoch=20",
+              "train.record_keys=true"]
     run_cli(*tiny_args(tiny_shards, tmp_path, "straight", *common))
     # Same run, killed (SIGKILL) once its first checkpoint is complete, then started again.
     args = tiny_args(tiny_shards, tmp_path, "killed", *common)
@@ -125,6 +127,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     deadline = time.time() + 400
     while time.time() < deadline and not (ckpt / "step-4").is_dir() and proc.poll() is None:
         time.sleep(0.2)
+    logged = _event_bytes(tmp_path / "killed")
+    while time.time() < deadline and _event_bytes(tmp_path / "killed") == logged and proc.poll() is None:
+        time.sleep(0.05)  # killed after logging a step past the checkpoint: that step is logged twice
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (ckpt / "step-4").is_dir() and not (tmp_path / "killed" / "export").exists()
@@ -137,3 +142,22 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     assert worst <= 1e-6, worst
     steps = sorted(int(p.name[5:]) for p in ckpt.iterdir() if p.name.startswith("step-"))
     assert steps[-1] == 12
+    straight, killed = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("straight", "killed"))
+    assert [h["step"] for h in killed["history"]] == [h["step"] for h in straight["history"]] == list(range(1, 13))
+    assert all(k == pytest.approx(s, rel=1e-5) for k, s in zip(killed["history"], straight["history"]))
+    assert (tmp_path / "killed" / "keys_rank0.txt").read_text() == (tmp_path / "straight" / "keys_rank0.txt").read_text()
+    tb = {n: _scalars(tmp_path / n, "train/loss") for n in ("straight", "killed")}
+    assert [s for s, _ in tb["killed"]] == [s for s, _ in tb["straight"]] == list(range(1, 13))
+
+
+def _event_bytes(run: Path) -> int:
+    return sum(p.stat().st_size for p in (run / "logs").rglob("events.out.tfevents*"))
+
+
+def _scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of a scalar as TensorBoard shows it (restarts purged as TensorBoard does)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "logs" / run.name))  # the run's scalars (hparams go to subfolders)
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
