@@ -376,7 +376,9 @@ class ShardStream(IterableDataset):
         failed = 0  # decoding failures in a row
         for sample in self._shuffled(worker, counters):
             counters.raw += 1
-            if counters.raw <= skip:
+            if counters.raw <= skip:  # a resume: read before the checkpoint, damage included (counted then)
+                counters.corrupt_keys.clear()
+                counters.lost = 0
                 continue
             key = sample.get("__key__", "?")
             if self.sample_weight is not None and not self._keep(sample, worker, counters.raw):

@@ -157,6 +157,15 @@ class CorruptLog:
             raise DataError(f"{batch['exhausted']}: no readable sample in a whole pass over these shards")
         return lost
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps (a resumed run goes on counting and listing where it stopped)."""
+        return {"samples": self.samples, "entries": list(self.entries)}
+
+    def restore(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.samples, self.entries = int(state["samples"]), list(state["entries"])
+            self._seen.update(self.entries)
+
     def watch(self, batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """``batches`` with their records taken, without the record-only (empty) ones."""
         for batch in batches:

@@ -162,7 +162,7 @@ class TrainState:
     seconds_seen: float = 0.0
     nonfinite_in_a_row: int = 0
     skipped_steps: int = 0
-    corrupt_samples: int = 0
+    corrupt: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (rank, its CorruptLog state)
     # What the run's files hold up to this step, so that a resumed run writes what an uninterrupted one would.
     history: list[dict[str, float]] = field(default_factory=list)  # metrics.json history
     validation: dict[str, float] = field(default_factory=dict)  # the last validation
@@ -338,6 +338,7 @@ def train(recipe: Recipe) -> Path:
     )
     stream = ShardStream(shards, mode="train", num_workers=workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
+    stream.corrupt_log.restore(dict(state.corrupt).get(rank))
     progress = Progress(t.max_steps, "pretrain", initial=state.step, enabled=is_main)
     window, val_metrics, history = state.window, state.validation, state.history  # a resume restores them
     two_pass = recipe.objective.mode == "two_pass"
@@ -377,7 +378,6 @@ def train(recipe: Recipe) -> Path:
             state.samples_seen += fbank.shape[0] * world
             state.seconds_seen += batch["seconds"] * world
             samples_log += fbank.shape[0] * world
-            state.corrupt_samples += batch["corrupt_lost"]  # warned and listed by stream.corrupt_log
         grad_norm = float("nan")
         if bad:
             optimizer.zero_grad(set_to_none=True)
@@ -429,6 +429,7 @@ def train(recipe: Recipe) -> Path:
                                f"acc {val_metrics['val/acc']:.4f}")
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
             state.window, state.validation, state.history = window, val_metrics, history
+            state.corrupt = gather_object([(rank, stream.corrupt_log.state())])  # only rank 0's state is saved
             if keys_file is not None:
                 keys_file.flush()  # the keys up to a checkpoint survive a kill
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
@@ -439,7 +440,7 @@ def train(recipe: Recipe) -> Path:
     # DDP sanity check: every rank must hold the same parameters at the end.
     checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in core.parameters())], dtype=torch.float64)
     checksums = acc.gather(checksum.to(acc.device)).cpu().tolist()
-    corrupt = gather_object([(state.corrupt_samples, stream.corrupt_log.entries)])  # every rank's record
+    corrupt = gather_object([(stream.corrupt_log.samples, stream.corrupt_log.entries)])  # every rank's record
     export = run_dir / "export"
     acc.wait_for_everyone()
     if is_main:

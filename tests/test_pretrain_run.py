@@ -70,7 +70,8 @@ def test_pretrain_cli_errors(tiny_shards, tmp_path):
 
 
 def _cut_one_shard_per_rank(tiny_shards: Path, out: Path, seed: int) -> list[str]:
-    """A copy of the train set where each of 2 ranks owns one shard cut to 60%; their names."""
+    """A copy of the train set where each of 2 reader slots (ranks, or one rank's 2 loader workers) owns one
+    shard cut to 60%; their names."""
     (out / "train").mkdir(parents=True)
     for p in (tiny_shards / "train").iterdir():
         if p.is_file():
@@ -114,12 +115,15 @@ def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
 
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
-    """Weights, metrics.json history, keys files and TensorBoard scalars all equal an uninterrupted run's."""
+    """Weights, metrics.json history and corrupt list, keys files and TensorBoard scalars all equal an
+    uninterrupted run's (the data has a damaged shard in each of the two loader workers' subsets)."""
     common = ["train.max_steps=12", "train.checkpoint_every=4", "data.num_workers=2", "data.samples_per_epoch=20",
               "train.record_keys=true"]
-    run_cli(*tiny_args(tiny_shards, tmp_path, "straight", *common))
+    data = tmp_path / "data"
+    _cut_one_shard_per_rank(tiny_shards, data, load_recipe(REPO / "recipes/pretrain/demo.toml").train.seed)
+    run_cli(*tiny_args(data, tmp_path, "straight", *common))
     # Same run, killed (SIGKILL) once its first checkpoint is complete, then started again.
-    args = tiny_args(tiny_shards, tmp_path, "killed", *common)
+    args = tiny_args(data, tmp_path, "killed", *common)
     env = os.environ.copy() | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -146,6 +150,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     assert [h["step"] for h in killed["history"]] == [h["step"] for h in straight["history"]] == list(range(1, 13))
     assert all(k == pytest.approx(s, rel=1e-5) for k, s in zip(killed["history"], straight["history"]))
     assert (tmp_path / "killed" / "keys_rank0.txt").read_text() == (tmp_path / "straight" / "keys_rank0.txt").read_text()
+    assert straight["corrupt_samples"] > 0 and straight["corrupt_list"]
+    assert (killed["corrupt_samples"], killed["corrupt_list"]) == (straight["corrupt_samples"], straight["corrupt_list"])
     tb = {n: _scalars(tmp_path / n, "train/loss") for n in ("straight", "killed")}
     assert [s for s, _ in tb["killed"]] == [s for s, _ in tb["straight"]] == list(range(1, 13))
 
