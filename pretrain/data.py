@@ -407,11 +407,16 @@ class ShardStream(IterableDataset):
         elif counters.corrupt_keys or counters.exhausted:
             yield self._records_only(worker, counters)
 
+    def _slot_name(self, worker: int) -> str:
+        mine = sorted(Path(u).name for u in self._shard_order(worker, 0))
+        return (f"{self.shards.source}: the {len(mine)} shard(s) of rank {self.rank}, loader worker {worker} "
+                f"({', '.join(mine[:3])}{' ...' if len(mine) > 3 else ''})")
+
     def _records_only(self, worker: int, counters: SampleCounters) -> dict[str, Any]:
         """A batch without clips that carries the last records (or the news that nothing is readable)."""
         batch = {"keys": [], "worker": worker, "raw": counters.raw, "corrupt": counters.corrupt,
                  "corrupt_keys": list(counters.corrupt_keys), "corrupt_lost": counters.lost,
-                 "exhausted": self.shards.source if counters.exhausted else None}
+                 "exhausted": self._slot_name(worker) if counters.exhausted else None}
         counters.corrupt_keys.clear()
         counters.lost = 0
         return batch

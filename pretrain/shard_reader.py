@@ -154,7 +154,7 @@ class CorruptLog:
         if batch.get("exhausted"):
             from .data import DataError
 
-            raise DataError(f"{batch['exhausted']}: no readable sample in a whole pass over these shards")
+            raise DataError(f"{batch['exhausted']}: no readable sample in a whole pass over them")
         return lost
 
     def state(self) -> dict[str, Any]:
