@@ -154,14 +154,21 @@ class SampleCounters:
     raw: int = 0  # raw samples taken from the shuffle buffer in this epoch
     corrupt: int = 0
     corrupt_keys: list[str] = field(default_factory=list)
-    lost: int = 0  # samples lost since the last batch (sent with it, then reset)
+    corrupt_counts: list[int] = field(default_factory=list)  # samples each of corrupt_keys lost
     exhausted: bool = False  # a whole pass over this slot's shards gave no sample
     cycle_samples: int = 0  # raw samples in the longest pass so far over this slot's shards
 
     def damaged(self, message: str, lost: int) -> None:
         self.corrupt += lost
-        self.lost += lost
         self.corrupt_keys.append(message)
+        self.corrupt_counts.append(lost)
+
+    def take(self) -> dict[str, list]:
+        """The records since the last batch, for the next one."""
+        records = {"corrupt_keys": list(self.corrupt_keys), "corrupt_counts": list(self.corrupt_counts)}
+        self.corrupt_keys.clear()
+        self.corrupt_counts.clear()
+        return records
 
 
 def _complete(sample: dict[str, Any]) -> bool:
@@ -340,11 +347,8 @@ class ShardStream(IterableDataset):
             "worker": worker,
             "raw": counters.raw,
             "corrupt": counters.corrupt,
-            "corrupt_keys": list(counters.corrupt_keys),
-            "corrupt_lost": counters.lost,
+            **counters.take(),
         }
-        counters.corrupt_keys.clear()
-        counters.lost = 0
         if self.label_index is not None:
             batch["labels"] = torch.stack([c[3] for c in clips])
         if self.compute_features:
@@ -377,8 +381,7 @@ class ShardStream(IterableDataset):
         for sample in self._shuffled(worker, counters):
             counters.raw += 1
             if counters.raw <= skip:  # a resume: read before the checkpoint, damage included (counted then)
-                counters.corrupt_keys.clear()
-                counters.lost = 0
+                counters.take()
                 continue
             key = sample.get("__key__", "?")
             if self.sample_weight is not None and not self._keep(sample, worker, counters.raw):
@@ -415,10 +418,7 @@ class ShardStream(IterableDataset):
     def _records_only(self, worker: int, counters: SampleCounters) -> dict[str, Any]:
         """A batch without clips that carries the last records (or the news that nothing is readable)."""
         batch = {"keys": [], "worker": worker, "raw": counters.raw, "corrupt": counters.corrupt,
-                 "corrupt_keys": list(counters.corrupt_keys), "corrupt_lost": counters.lost,
-                 "exhausted": self._slot_name(worker) if counters.exhausted else None}
-        counters.corrupt_keys.clear()
-        counters.lost = 0
+                 "exhausted": self._slot_name(worker) if counters.exhausted else None, **counters.take()}
         return batch
 
 

@@ -136,14 +136,15 @@ class CorruptLog:
         self.entries: list[str] = []
         self._seen: set[str] = set()
 
-    def add(self, batch: dict[str, Any]) -> int:
-        """Take a batch's records; returns the samples it reports lost (raises under policy "error")."""
-        lost = int(batch.get("corrupt_lost", 0))
-        self.samples += lost
-        for entry in batch.get("corrupt_keys", ()):
+    def add(self, batch: dict[str, Any]) -> None:
+        """Take a batch's records (raises under policy "error"). A problem met again (a shard read in every
+        cycle, a validation set read every time) is counted once: ``samples`` counts distinct lost samples."""
+        keys = batch.get("corrupt_keys", ())
+        for entry, lost in zip(keys, batch.get("corrupt_counts", [1] * len(keys))):
             if entry in self._seen:
                 continue
             self._seen.add(entry)
+            self.samples += lost
             if self.policy == "error":
                 from .data import DataError
 
@@ -155,7 +156,6 @@ class CorruptLog:
             from .data import DataError
 
             raise DataError(f"{batch['exhausted']}: no readable sample in a whole pass over them")
-        return lost
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps (a resumed run goes on counting and listing where it stopped)."""
