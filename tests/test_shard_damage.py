@@ -21,11 +21,10 @@ import torch
 
 from data_prep.__main__ import main as data_prep_main
 from data_prep.inspect_shards import inspect
+from pretrain.__main__ import main as pretrain_main
 from pretrain.data import DataError, ShardStream, make_loader, resolve_shards
 from pretrain.shard_reader import CorruptLog
 from pretrain.stats import compute_stats
-
-from .conftest import run_cli
 
 LABELS = ["high", "low", "mid"]
 
@@ -187,24 +186,28 @@ def _cut(tiny_shards: Path, tmp_path: Path, fraction: float) -> tuple[Path, Path
 
 
 @pytest.mark.timeout(120)
-def test_pretrain_stats_on_a_cut_shard_warns_once_counts_and_goes_on(tiny_shards, tmp_path):
+def test_pretrain_stats_on_a_cut_shard_warns_once_counts_and_goes_on(tiny_shards, tmp_path, capsys, one_thread):
+    """The issue's repro: ``truncate -s 60%`` one tar, ``python -m pretrain stats DIR`` (2 loader workers)."""
     out, victim = _cut(tiny_shards, tmp_path, 0.6)
     index = json.loads((out / "index.json").read_text())
     with tarfile.open(tiny_shards / "train" / victim.name) as t:
         ends = [m.offset_data + m.size for m in t if m.name.endswith(".json")]
     whole = sum(end <= victim.stat().st_size for end in ends)
     listed = next(s["samples"] for s in index["shards"] if s["name"] == victim.name)
-    p = run_cli("pretrain", "stats", str(out), "--workers", "2")
-    assert "Traceback" not in p.stderr
-    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and victim.name in warnings[0], p.stderr
+    pretrain_main(["stats", str(out), "--workers", "2"])
+    p = capsys.readouterr()
+    warnings = [line for line in p.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and victim.name in warnings[0], p.err
     assert f"{whole} of {listed} samples read, {listed - whole} lost" in warnings[0]
-    stats = json.loads(p.stdout)
+    stats = json.loads(p.out)
     assert stats["clips"] == index["samples"] - (listed - whole)
     assert stats["corrupt_samples"] == listed - whole and victim.name in stats["corrupt_list"][0]
-    # the "error" policy (recipe key data.corrupt_shards, flag --corrupt-shards) stops instead
-    with pytest.raises(DataError, match=victim.name):
-        compute_stats(str(out), corrupt_shards="error")
+    # the "error" policy (recipe key data.corrupt_shards, flag --corrupt-shards) stops with one line instead
+    with pytest.raises(SystemExit) as e:
+        pretrain_main(["stats", str(out), "--corrupt-shards", "error"])
+    err = capsys.readouterr().err
+    assert e.value.code != 0 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and victim.name in err.strip().splitlines()[-1]
 
 
 def test_a_shard_unreadable_from_byte_0_is_skipped_by_every_reader(tiny_shards, tmp_path, one_thread):
