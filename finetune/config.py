@@ -8,6 +8,8 @@ from typing import Any
 
 from pretrain.config import load_recipe
 
+from .recipe_checks import check_recipe
+
 
 @dataclass
 class ModelSection:
@@ -129,5 +131,5 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def load_finetune_recipe(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneRecipe:
     """Load a fine-tuning recipe with strict keys and ``--set`` overrides."""
-    recipe: Any = load_recipe(path, overrides, cls=FinetuneRecipe, choices=CHOICES)
+    recipe: Any = load_recipe(path, overrides, cls=FinetuneRecipe, choices=CHOICES, check=check_recipe)
     return recipe

@@ -69,6 +69,18 @@ def check_vocabulary(shards: ShardSet, labels: list[str]) -> None:
                         f"(it knows {len(labels)} labels: {labels[:10]}{' ...' if len(labels) > 10 else ''})")
 
 
+def check_labeled(shards: ShardSet, what: str) -> None:
+    """Shards whose index.json has no label vocabulary cannot be ``what`` (evaluated, fine-tuned on)."""
+    if shards.index is not None and not shards.vocabulary:
+        raise DataError(f"{shards.source}: no label vocabulary in index.json; {what} needs labeled shards")
+
+
+def check_targets(targets: np.ndarray, shards: ShardSet) -> None:
+    """Metrics over samples none of which has a label would be a meaningless 0: refuse them."""
+    if targets.size and not targets.any():
+        raise DataError(f"{shards.source}: no sample has a label; evaluation needs labeled shards")
+
+
 def check_fold_field(shards: ShardSet) -> None:
     """k-fold needs a ``fold`` in the samples' json: look at the first sample of the first local shard.
 
@@ -199,6 +211,29 @@ def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) ->
     return base * s.decay ** drops
 
 
+def _set_size(shards: ShardSet | None, weight: Any = None) -> str:
+    if shards is None:
+        return "none"
+    n = f"{shards.num_samples} clips" if shards.num_samples is not None else "? clips (no index.json)"
+    return f"{n}, {weight!r}" if weight is not None else n
+
+
+def run_header(recipe: FinetuneRecipe, model: Classifier, sets: dict[str, tuple[ShardSet | None, Any]],
+               norm: Normalization, world: int, steps_per_epoch: int) -> str:
+    """One line (like pretraining's) saying what is about to train on what."""
+    enc, f, t = model.encoder, recipe.features, recipe.train
+    params = sum(p.numel() for p in enc.parameters())
+    source = ("recipe" if f.mean is not None else f"stats {f.stats}" if f.stats else
+              "the encoder's" if f.use_encoder_stats else "computed on the training shards")
+    labels = ", ".join(model.labels[:5]) + (" ..." if len(model.labels) > 5 else "")
+    init = "random init" if recipe.model.random_init else recipe.model.encoder
+    return (f"finetune: encoder {init} ({enc.config.backbone} {enc.dim}x{enc.num_layers}, {params / 1e6:.2f}M params) "
+            f"| {recipe.model.mode}, {recipe.model.pooling} pooling | {len(model.labels)} classes ({labels}) | "
+            + " | ".join(f"{name} {_set_size(s, w)}" for name, (s, w) in sets.items())
+            + f" | normalization mean {norm.mean:.4f} std {norm.std:.4f} ({source}) | global batch "
+            f"{t.batch_size} x {world} = {t.batch_size * world}, {steps_per_epoch} steps/epoch x {t.epochs} epochs")
+
+
 def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Train one task model; returns the metrics (also written to ``run_dir/metrics.json``)."""
     run_dir = Path(run_dir or recipe.run_dir)
@@ -207,13 +242,13 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
     d, t = recipe.data, recipe.train
     if not recipe.model.encoder:
         raise ExportError("model.encoder is not set: give an export directory (--set model.encoder=runs/X/export)")
-    train_set = resolve_shards(d.train, d.allow_pipe)
+    train_set = resolve_shards(d.train, d.allow_pipe, "data.train")
     if not train_set.vocabulary:
         raise DataError(f"{train_set.source}: no label vocabulary in index.json; fine-tuning needs labeled shards")
     labels = list(train_set.vocabulary)
     # with folds, the held-out fold of data.train is the test set: data.valid / data.test are not read
-    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid and fold is None else None
-    test_set = resolve_shards(d.test, d.allow_pipe) if d.test and fold is None else None
+    valid_set = resolve_shards(d.valid, d.allow_pipe, "data.valid") if d.valid and fold is None else None
+    test_set = resolve_shards(d.test, d.allow_pipe, "data.test") if d.test and fold is None else None
     train_weight = eval_weight = None
     if fold is not None:
         check_fold_field(train_set)
@@ -263,6 +298,9 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                          shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
                          vocabulary=labels, sample_weight=train_weight)
     gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
+    if is_main:
+        sets = {"train": (train_set, train_weight), "valid": (valid_set, None), "test": (test_set, eval_weight)}
+        print(run_header(recipe, core, sets, norm, world, steps_per_epoch), file=sys.stderr)
     progress = Progress(total, is_main)
     best: dict[str, Any] = {"main": -math.inf}
     wa_sum: dict[str, torch.Tensor] | None = None

@@ -35,7 +35,6 @@ that grid. ``transformers`` itself is not needed to export (it is imported only 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import pickle
@@ -57,12 +56,12 @@ from .encoder import (
     write_export,
 )
 from .features import FeatureConfig, Normalization
+from .interop_cli import FORMATS
 from .patches import grid_shape
 
 HEADS_NAME = "heads.safetensors"
 CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"
 HF_PREPROCESSOR_NAME = "preprocessor_config.json"
-FORMATS = ("ssast", "ast")
 # SSAST head name -> SSASTObjective attribute.
 _HEAD_NAMES = {"cpredlayer": "disc_head", "gpredlayer": "gen_head"}
 # timm's ImageNet classifiers, present in the published files and never used by SSAST/AST.
@@ -144,6 +143,26 @@ def _unsupported_global(message: str) -> str:
     return ""
 
 
+def heads_from_config(src: Path) -> int | None:
+    """The head count in a ``config.json`` beside the checkpoint (Hugging Face AST or our export), if any."""
+    path = src.parent / CONFIG_NAME
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: cannot read the head count ({e})") from None
+    if not isinstance(config, dict):
+        return None
+    inner = config.get("backbone_config")
+    value = config.get("num_attention_heads", (inner if isinstance(inner, dict) else config).get("num_heads"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExportError(f"{path}: head count {value!r} is not a positive whole number")
+    return value
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -192,8 +211,11 @@ def _need(state: dict[str, torch.Tensor], key: str, source: str) -> torch.Tensor
     return state[key]
 
 
-def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
-    """Size, depth, heads, MLP ratio, cls count and patch shape of an SSAST/AST ViT state dict."""
+def infer_architecture(state: dict[str, torch.Tensor], source: str, num_heads: int | None = None) -> ViTShape:
+    """Size, depth, heads, MLP ratio, cls count and patch shape of an SSAST/AST ViT state dict.
+
+    The weights do not hold the head count: ``num_heads`` gives it, else DeiT's 64-wide heads are assumed,
+    and a width that is not a multiple of 64 is refused rather than guessed."""
     if "v.patch_embed.proj.weight" not in state or "v.pos_embed" not in state:
         some = sorted(state)[:8]
         raise ExportError(
@@ -206,8 +228,11 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
             f"{source}: v.patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, 1, fshape, tshape)"
         )
     dim, _, fshape, tshape = (int(s) for s in w.shape)
-    if dim % 64:
-        raise ExportError(f"{source}: embedding width {dim} is not a multiple of 64 (DeiT heads are 64 wide)")
+    if num_heads is not None and (num_heads < 1 or dim % num_heads):
+        raise ExportError(f"{source}: {num_heads} heads do not divide the embedding width {dim}")
+    if num_heads is None and dim % 64:
+        raise ExportError(f"{source}: embedding width {dim} is not a multiple of 64, so the head count cannot be "
+                          f"guessed (published SSAST/AST heads are 64 wide); give it with --num-heads")
     depth = 0
     while f"v.blocks.{depth}.norm1.weight" in state:
         depth += 1
@@ -220,7 +245,7 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
     return ViTShape(
         dim=dim,
         depth=depth,
-        num_heads=dim // 64,
+        num_heads=num_heads or dim // 64,
         mlp_ratio=fc1.shape[0] / dim,
         qkv_bias="v.blocks.0.attn.qkv.bias" in state,
         num_cls=num_cls,
@@ -381,6 +406,7 @@ def convert_ssast_state(
     fstride: int | None = None,
     tstride: int | None = None,
     input_tdim: int | None = None,
+    num_heads: int | None = None,
 ) -> ConvertedCheckpoint:
     """Map an SSAST/AST state dict (``module.`` already stripped) to our encoder + heads tensors."""
     fmt = fmt or detect_format(state)
@@ -391,7 +417,7 @@ def convert_ssast_state(
             f"{source}: no p_input_fdim/p_input_tdim, so not an SSAST pretraining checkpoint; "
             f"use --format ast for fine-tuned AST/SSAST checkpoints"
         )
-    arch = infer_architecture(state, source)
+    arch = infer_architecture(state, source, num_heads)
     geo = infer_geometry(arch, state, fmt, source, fstride, tstride, input_tdim)
     d, p = arch.dim, arch.fshape * arch.tshape
     required = _expected_shapes(arch, arch.num_cls + geo.nf * geo.nt)
@@ -554,17 +580,21 @@ def import_checkpoint(
     fstride: int | None = None,
     tstride: int | None = None,
     input_frames: int | None = None,
+    num_heads: int | None = None,
 ) -> Path:
     """Convert a published SSAST/AST ``.pth`` into our export directory; returns it.
 
     ``fmt``: ``ssast`` | ``ast`` | None (detected). ``keep_heads``: None keeps the pretraining heads
     (``heads.safetensors``) and AST's classifier (``classifier_head.safetensors``) when present,
     False drops them, True requires them. ``fstride``/``tstride``/``input_frames`` resolve an
-    ambiguous AST geometry. The result loads with ``Encoder.from_pretrained(out_dir)``.
+    ambiguous AST geometry. ``num_heads``: the head count, else read from a ``config.json`` beside the file
+    (``num_attention_heads`` / ``num_heads``), else 64-wide heads. The result loads with
+    ``Encoder.from_pretrained(out_dir)``.
     """
     src = Path(src)
     state = load_torch_checkpoint(src)
-    conv = convert_ssast_state(state, fmt, str(src), fstride, tstride, input_frames)
+    num_heads = num_heads or heads_from_config(src)
+    conv = convert_ssast_state(state, fmt, str(src), fstride, tstride, input_frames, num_heads)
     fmt = fmt or detect_format(state)
     has_heads = conv.heads is not None or conv.classifier is not None
     if keep_heads and not has_heads:
@@ -786,68 +816,3 @@ def export_hf(export_dir: str | Path, out_dir: str | Path, encoder_only: bool = 
     tensors = {WEIGHTS_NAME: hf_state_dict(encoder, classifier)}
     files = {CONFIG_NAME: hf_config(encoder, task), HF_PREPROCESSOR_NAME: hf_preprocessor_config(config)}
     return write_export(out_dir, None, tensors, json_files=files)
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI (registered by pretrain/__main__.py)
-# ------------------------------------------------------------------------------------------------
-
-
-def _cmd_import(args: argparse.Namespace) -> None:
-    out = import_checkpoint(
-        args.src,
-        args.out_dir,
-        fmt=args.format,
-        keep_heads=False if args.drop_heads else None,
-        fstride=args.fstride,
-        tstride=args.tstride,
-        input_frames=args.input_frames,
-    )
-    cfg = json.loads((out / CONFIG_NAME).read_text())
-    files = sorted(p.name for p in out.iterdir())
-    print(
-        f"wrote {out}: {cfg['backbone']} {cfg['backbone_config']['dim']}x{cfg['backbone_config']['depth']}, "
-        f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
-        f"{cfg['backbone_config']['num_cls']} cls; files {files}"
-    )
-
-
-def _cmd_export_hf(args: argparse.Namespace) -> None:
-    out = export_hf(args.export_dir, args.out_dir, encoder_only=args.encoder_only)
-    arch = json.loads((out / CONFIG_NAME).read_text())["architectures"][0]
-    print(f"wrote {out} (transformers {arch})")
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``import-checkpoint`` and ``export-hf`` on ``python -m pretrain``'s subparsers."""
-    p = subparsers.add_parser(
-        "import-checkpoint", help="convert a published SSAST/AST .pth into an export directory"
-    )
-    p.add_argument("src", help="the .pth file (read with torch.load(weights_only=True): no code is run)")
-    p.add_argument("out_dir", help="export directory to write (config.json + model.safetensors [+ heads])")
-    p.add_argument(
-        "--format",
-        choices=FORMATS,
-        default=None,
-        help="ssast: pretraining checkpoint (has p_input_fdim); ast: fine-tuned AST/SSAST (default: detect)",
-    )
-    p.add_argument(
-        "--drop-heads",
-        action="store_true",
-        help="do not keep the pretraining heads (cpredlayer/gpredlayer) or AST's mlp_head",
-    )
-    p.add_argument(
-        "--fstride", type=int, default=None, help="frequency stride, if it cannot be inferred (ast)"
-    )
-    p.add_argument("--tstride", type=int, default=None, help="time stride, if it cannot be inferred (ast)")
-    p.add_argument(
-        "--input-frames", type=int, default=None, help="input length in frames (ast; default inferred)"
-    )
-    p.set_defaults(func=_cmd_import)
-    p = subparsers.add_parser("export-hf", help="write a transformers ASTModel directory from a ViT export")
-    p.add_argument("export_dir", help="an export directory (pretrained or fine-tuned)")
-    p.add_argument("out_dir", help="directory for transformers' from_pretrained")
-    p.add_argument(
-        "--encoder-only", action="store_true", help="export only the encoder of a fine-tuned model"
-    )
-    p.set_defaults(func=_cmd_export_hf)

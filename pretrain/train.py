@@ -25,6 +25,8 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.files import honour_umask
+
 from .config import Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
 from .encoder import Encoder, EncoderConfig, load_state_strict
@@ -223,6 +225,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, state: TrainState, position
     (tmp / f"stream_rank{acc.process_index}.json").write_text(json.dumps(pos))
     acc.wait_for_everyone()
     if acc.is_main_process:
+        honour_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -326,8 +329,8 @@ def train(recipe: Recipe) -> Path:
     run_dir = recipe.run_dir
     acc = make_accelerator(recipe, run_dir)
     is_main = acc.is_main_process
-    shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe)
-    valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe) if recipe.data.valid else None
+    shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe, key="data.train")
+    valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe, "data.valid") if recipe.data.valid else None
     normalization = resolve_normalization(recipe)
     set_seed(recipe.train.seed)
     encoder = build_encoder(recipe, normalization, {"shards": shards.source, "num_samples": shards.num_samples})
@@ -488,6 +491,7 @@ def train(recipe: Recipe) -> Path:
         if t.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
             save_file(heads, str(export / "heads.safetensors"))
+            honour_umask(export / "heads.safetensors")
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
                    "corrupt_list": corrupt_list,

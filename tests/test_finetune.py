@@ -65,10 +65,10 @@ def tiny_recipe(train: Path, run_dir: Path, name: str, **extra: object):
 
 
 def cli_error(argv: list[str], capsys) -> str:
-    """Run the finetune CLI in-process; it must exit 1 with a one-line error (no traceback)."""
+    """Run the finetune CLI in-process; it must exit 2 with a one-line error (no traceback)."""
     with pytest.raises(SystemExit) as e:
         finetune_main(argv)
-    assert e.value.code == 1
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: "), err
     return err

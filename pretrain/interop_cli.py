@@ -1,0 +1,84 @@
+"""``python -m pretrain import-checkpoint`` and ``export-hf``: argument parsing only (torch-free, so ``--help``
+is instant); the work is in :mod:`pretrain.interop`, imported when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from core.cli import positive_int
+
+FORMATS = ("ssast", "ast")
+
+
+def _cmd_import(args: argparse.Namespace) -> None:
+    from .encoder import CONFIG_NAME
+    from .interop import import_checkpoint
+
+    out = import_checkpoint(
+        args.src,
+        args.out_dir,
+        fmt=args.format,
+        keep_heads=False if args.drop_heads else None,
+        fstride=args.fstride,
+        tstride=args.tstride,
+        input_frames=args.input_frames,
+        num_heads=args.num_heads,
+    )
+    cfg = json.loads((out / CONFIG_NAME).read_text())
+    files = sorted(p.name for p in out.iterdir())
+    bc = cfg["backbone_config"]
+    print(
+        f"wrote {out}: {cfg['backbone']} {bc['dim']}x{bc['depth']}, {bc['num_heads']} heads, "
+        f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
+        f"{bc['num_cls']} cls; files {files}"
+    )
+
+
+def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from .encoder import CONFIG_NAME
+    from .interop import export_hf
+
+    out = export_hf(args.export_dir, args.out_dir, encoder_only=args.encoder_only)
+    arch = json.loads((out / CONFIG_NAME).read_text())["architectures"][0]
+    print(f"wrote {out} (transformers {arch})")
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``import-checkpoint`` and ``export-hf`` on ``python -m pretrain``'s subparsers."""
+    p = subparsers.add_parser(
+        "import-checkpoint", help="convert a published SSAST/AST .pth into an export directory"
+    )
+    p.add_argument("src", help="the .pth file (read with torch.load(weights_only=True): no code is run)")
+    p.add_argument("out_dir", help="export directory to write (config.json + model.safetensors [+ heads])")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="ssast: pretraining checkpoint (has p_input_fdim); ast: fine-tuned AST/SSAST (default: detect)",
+    )
+    p.add_argument(
+        "--drop-heads",
+        action="store_true",
+        help="do not keep the pretraining heads (cpredlayer/gpredlayer) or AST's mlp_head",
+    )
+    p.add_argument(
+        "--fstride", type=positive_int, default=None, help="frequency stride, if it cannot be inferred (ast)"
+    )
+    p.add_argument("--tstride", type=positive_int, default=None, help="time stride, if it cannot be inferred (ast)")
+    p.add_argument(
+        "--input-frames", type=positive_int, default=None, help="input length in frames (ast; default inferred)"
+    )
+    p.add_argument(
+        "--num-heads", type=positive_int, default=None,
+        help="attention heads (the weights do not say; default: num_attention_heads/num_heads of a config.json "
+        "beside SRC, else 64-wide heads; a width that is not a multiple of 64 needs this option)",
+    )
+    p.set_defaults(func=_cmd_import)
+    p = subparsers.add_parser("export-hf", help="write a transformers ASTModel directory from a ViT export")
+    p.add_argument("export_dir", help="an export directory (pretrained or fine-tuned)")
+    p.add_argument("out_dir", help="directory for transformers' from_pretrained")
+    p.add_argument(
+        "--encoder-only", action="store_true", help="export only the encoder of a fine-tuned model"
+    )
+    p.set_defaults(func=_cmd_export_hf)
