@@ -52,8 +52,6 @@ def check_recipe(recipe: Any, error: type[Exception] = ValueError) -> None:
     if wa is not None and not wa[0] <= wa[1] <= epochs:
         raise error(f"train.weight_averaging = {wa} must be [first, last] epochs with "
                     f"1 <= first <= last <= train.epochs ({epochs})")
-    if recipe.data.folds is not None and len(set(recipe.data.folds)) < 2:
-        raise error(f"data.folds = {recipe.data.folds}: cross-validation needs at least 2 distinct folds")
     f = recipe.features
     if (f.mean is None) != (f.std is None):
         raise error("features.mean and features.std must be given together")
