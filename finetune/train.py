@@ -111,8 +111,11 @@ def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, t
     if f.mean is not None and f.std is not None:
         return Normalization(f.mean, f.std)
     if f.stats:
-        s = json.loads(Path(f.stats).read_text())
-        return Normalization(float(s["mean"]), float(s["std"]))
+        try:
+            s = json.loads(Path(f.stats).read_text())
+            return Normalization(float(s["mean"]), float(s["std"]))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise RecipeError(f"features.stats {f.stats}: cannot read mean/std ({e})") from e
     if f.use_encoder_stats:
         return encoder_norm
     cache = run_dir / "stats.json"

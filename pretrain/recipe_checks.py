@@ -93,6 +93,12 @@ def check_recipe(recipe: Any, error: type[Exception] = ValueError) -> None:
         raise error(f"data.target_frames = {d.target_frames} is shorter than one patch (model.patch {m.patch})")
     if m.num_mel_bins < m.patch[1]:
         raise error(f"model.num_mel_bins = {m.num_mel_bins} is smaller than one patch (model.patch {m.patch})")
+    from .patches import grid_shape
+
+    nt, nf = grid_shape(d.target_frames, m.num_mel_bins, tuple(m.patch), tuple(m.stride or m.patch))
+    if recipe.masking.count >= nt * nf:
+        raise error(f"masking.count = {recipe.masking.count} masks every patch of a full clip ({nt} x {nf} = "
+                    f"{nt * nf} patches): leave some visible")
     if recipe.objective.nce_weight == 0 and recipe.objective.mse_weight == 0:
         raise error("objective.nce_weight and objective.mse_weight are both 0: nothing to learn")
     if (recipe.features.mean is None) != (recipe.features.std is None):

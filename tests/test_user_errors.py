@@ -314,3 +314,39 @@ def test_import_reads_or_takes_the_head_count_and_never_guesses_an_odd_width(tmp
     (wide / "config.json").write_text(json.dumps({"num_attention_heads": 4, "hidden_size": 128}))
     out = import_checkpoint(src, tmp_path / "from_config")
     assert json.loads((out / "config.json").read_text())["backbone_config"]["num_heads"] == 4
+
+
+def test_data_prep_reports_an_unusable_output_path(corpus, tmp_path, capsys):
+    from data_prep.__main__ import main as data_prep_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as e:
+        data_prep_main(["shard", str(corpus), str(blocker / "out"), "-q", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == f"error: {blocker / 'out'}: Not a directory\n", err
+
+
+def test_finetune_stats_file_errors_name_the_key(tmp_path):
+    from finetune.train import resolve_normalization
+
+    bad = tmp_path / "stats.json"
+    bad.write_text("not json")
+    recipe = load_finetune_recipe(FT_DEMO, [f"features.stats={bad}"])
+    with pytest.raises(RecipeError, match=r"^features.stats .*stats.json: cannot read mean/std"):
+        resolve_normalization(recipe, None, None, tmp_path, None)
+
+
+@pytest.mark.parametrize("override,words", [
+    ("masking.count=1000", ["masking.count = 1000", "128 patches"]),
+    ("objective.nce_weight=0", None),
+])
+def test_masking_must_leave_patches_visible(override, words):
+    if words is None:  # one loss weight at 0 is fine, both are not
+        load_recipe(PT_DEMO, [override])
+        with pytest.raises(RecipeError, match="both 0"):
+            load_recipe(PT_DEMO, [override, "objective.mse_weight=0"])
+        return
+    with pytest.raises(RecipeError) as e:
+        load_recipe(PT_DEMO, [override])
+    assert all(w in one_line(e.value) for w in words)
