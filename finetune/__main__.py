@@ -19,13 +19,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from core.accel import make_accelerator
     from pretrain.data import resolve_shards
-    from pretrain.train import make_accelerator
 
     from .config import load_finetune_recipe
     from .heads import Classifier
     from .metrics import compute_metrics
-    from .train import check_labeled, check_targets, check_vocabulary, predict_shards
+    from .session import check_labeled, check_targets, check_vocabulary
+    from .train import predict_shards
 
     model = Classifier.from_pretrained(args.model)
     recipe = load_finetune_recipe(None, [f"data.target_frames={model.target_frames}",
@@ -33,7 +34,7 @@ def cmd_evaluate(args) -> None:
     shards = resolve_shards(args.shards, args.allow_pipe)
     check_labeled(shards, "evaluate")
     check_vocabulary(shards, model.labels)
-    acc = make_accelerator(recipe, recipe.run_dir)
+    acc = make_accelerator(recipe.train.mixed_precision, recipe.run_dir)
     s, t, _ = predict_shards(acc, model, shards, recipe, model.encoder.config.normalization)
     check_targets(t, shards)
     m = compute_metrics(s, t, model.labels, model.kind)
@@ -115,10 +116,10 @@ def main(argv: list[str] | None = None) -> None:
 def user_errors() -> tuple[type[BaseException], ...]:
     """The error types a user of this CLI can cause (imported only once something failed)."""
     from core.cli import UsageError
-    from pretrain.config import RecipeError
+    from core.recipe import RecipeError
+    from pretrain.checkpoint import TrainingError
     from pretrain.data import DataError
     from pretrain.encoder import ExportError
-    from pretrain.train import TrainingError
 
     return UsageError, RecipeError, DataError, ExportError, TrainingError
 

@@ -19,6 +19,7 @@ LIMITS: dict[str, Limit] = {
     "data.folds": FINITE,
     "features.mean": FINITE,
     "features.std": POSITIVE,
+    "features.stats_max_samples": AT_LEAST_1,
     "augment.freqm": AT_LEAST_0,
     "augment.timem": AT_LEAST_0,
     "augment.mixup": UNIT,
@@ -27,6 +28,7 @@ LIMITS: dict[str, Limit] = {
     "optim.lr": POSITIVE,
     "optim.weight_decay": AT_LEAST_0,
     "optim.betas": Limit(0, 1, high_inclusive=False, length=2),
+    "optim.eps": POSITIVE,
     "optim.head_lr_mult": POSITIVE,
     "optim.clip_grad_norm": AT_LEAST_0,
     "schedule.start": AT_LEAST_0,
@@ -42,6 +44,7 @@ LIMITS: dict[str, Limit] = {
     "train.log_every": AT_LEAST_1,
     "train.eval_batch_size": AT_LEAST_1,
     "train.probe_views": AT_LEAST_0,
+    "compare.probe_epochs_factor": AT_LEAST_1,
 }
 
 

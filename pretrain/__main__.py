@@ -8,7 +8,7 @@ import logging
 
 from core.cli import non_negative_int, positive_int, run_command
 
-from .interop_cli import add_cli
+from .interop import add_cli
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -20,7 +20,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from .jsonio import write_json_atomic
+    from core.jsonio import write_json_atomic
+
     from .stats import compute_stats
 
     stats = compute_stats(args.shards, max_samples=args.max_samples, num_workers=args.workers,
@@ -56,10 +57,11 @@ def main(argv: list[str] | None = None) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The error types a user of this CLI can cause (imported only once something failed)."""
-    from .config import RecipeError
+    from core.recipe import RecipeError
+
+    from .checkpoint import TrainingError
     from .data import DataError
     from .encoder import ExportError
-    from .train import TrainingError
 
     return RecipeError, DataError, ExportError, TrainingError
 

@@ -44,6 +44,7 @@ LIMITS: dict[str, Limit] = {
     "train.checkpoint_every": AT_LEAST_0,
     "train.keep_checkpoints": AT_LEAST_1,
     "train.max_nonfinite": AT_LEAST_1,
+    "train.max_corrupt_listed": AT_LEAST_0,
 }
 
 

@@ -30,7 +30,7 @@ from pretrain.__main__ import main as pretrain_main
 from pretrain.config import Recipe, RecipeError, load_recipe
 from pretrain.data import DataError, resolve_shards
 from pretrain.encoder import Encoder, EncoderConfig, ExportError
-from pretrain.interop import import_checkpoint
+from pretrain.import_ssast import import_checkpoint
 from tests.test_interop import make_ssast_state, save_pth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -325,16 +325,6 @@ def test_data_prep_reports_an_unusable_output_path(corpus, tmp_path, capsys):
         data_prep_main(["shard", str(corpus), str(blocker / "out"), "-q", "--workers", "1"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == f"error: {blocker / 'out'}: Not a directory\n", err
-
-
-def test_finetune_stats_file_errors_name_the_key(tmp_path):
-    from finetune.train import resolve_normalization
-
-    bad = tmp_path / "stats.json"
-    bad.write_text("not json")
-    recipe = load_finetune_recipe(FT_DEMO, [f"features.stats={bad}"])
-    with pytest.raises(RecipeError, match=r"^features.stats .*stats.json: cannot read mean/std"):
-        resolve_normalization(recipe, None, None, tmp_path, None)
 
 
 @pytest.mark.parametrize("override,words", [
