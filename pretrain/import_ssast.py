@@ -119,19 +119,14 @@ def _unsupported_global(message: str) -> str:
 def heads_from_config(src: Path) -> int | None:
     """The head count in a ``config.json`` beside the checkpoint (Hugging Face AST or our export), if any."""
     path = src.parent / CONFIG_NAME
-    if not path.is_file():
-        return None
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExportError(f"{path}: cannot read the head count ({e})") from None
-    if not isinstance(config, dict):
-        return None
-    inner = config.get("backbone_config")
-    value = config.get("num_attention_heads", (inner if isinstance(inner, dict) else config).get("num_heads"))
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    inner = config.get("backbone_config") if isinstance(config, dict) else None
+    value = (config.get("num_attention_heads", (inner if isinstance(inner, dict) else config).get("num_heads"))
+             if isinstance(config, dict) else None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ExportError(f"{path}: head count {value!r} is not a positive whole number")
     return value
 

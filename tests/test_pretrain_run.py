@@ -69,7 +69,7 @@ def test_pretrain_cli_errors(tiny_shards, tmp_path):
     shard = sorted((tiny_shards / "train").glob("*.tar"))[0]
     p = run_cli("pretrain", "train", "--set", f"data.train={shard}", "--set", f"run.output_dir={tmp_path}",
                 check=False)
-    assert p.returncode == 1 and "error:" in p.stderr and "samples_per_epoch" in p.stderr
+    assert p.returncode == 2 and "error:" in p.stderr and "samples_per_epoch" in p.stderr
     assert "Traceback" not in p.stderr
 
 
