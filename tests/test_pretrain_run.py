@@ -120,3 +120,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     assert worst <= 1e-6, worst
     steps = sorted(int(p.name[5:]) for p in ckpt.iterdir() if p.name.startswith("step-"))
     assert steps[-1] == 12
+    # checkpoints and exports get the umask's modes (safetensors alone writes 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [*(tmp_path / "straight" / "export").iterdir(), *(ckpt / "step-12").rglob("*.safetensors")]
+    assert files and {f.stat().st_mode & 0o777 for f in files} == {0o666 & ~mask}, files
