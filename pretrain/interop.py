@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from core.cli import positive_int
 
@@ -29,6 +31,9 @@ def _cmd_import(args: argparse.Namespace) -> None:
     cfg = json.loads((out / CONFIG_NAME).read_text())
     files = sorted(p.name for p in out.iterdir())
     bc = cfg["backbone_config"]
+    if args.num_heads is None and not (Path(args.src).parent / CONFIG_NAME).is_file():
+        print(f"note: the weights do not hold the head count: assumed 64-wide heads ({bc['num_heads']}); "
+              "give --num-heads if the model used others", file=sys.stderr)
     print(
         f"wrote {out}: {cfg['backbone']} {bc['dim']}x{bc['depth']}, {bc['num_heads']} heads, "
         f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
