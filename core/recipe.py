@@ -3,7 +3,9 @@
 A recipe is a dataclass of section dataclasses (``pretrain.config.Recipe``, ``finetune.config.FinetuneRecipe``).
 Unknown or misspelled keys are errors that name the key and list the valid ones. ``--set section.key=value``
 overrides any field; the value is parsed as a TOML value (``1e-4``, ``true``, ``[16, 16]``, ``"text"``) and
-falls back to a plain string. A section missing from the file keeps the recipe class's default section.
+falls back to a plain string. TOML has no null, so ``--set data.valid=null`` is the spelling that unsets an
+optional key. A section missing from the file keeps the recipe class's default section. After building, a
+stage's ``check(recipe, RecipeError)`` checks the values (ranges, keys that depend on each other).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,8 @@ def _check_type(value: Any, tp: Any, where: str) -> Any:
         raise RecipeError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if tp is Any:
         return value
+    if value is None:
+        raise RecipeError(f"{where}: null only unsets optional keys; this key needs a value")
     if origin is list:
         if not isinstance(value, list):
             raise RecipeError(f"{where}: expected a list, got {value!r}")
@@ -143,18 +148,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"--set {item!r}: {k} is not a section")
-        node[keys[-1]] = parse_value(text.strip())
+        # TOML has no null: the bare word `null` unsets an optional key (None); "null" quoted is a string
+        node[keys[-1]] = None if text.strip() == "null" else parse_value(text.strip())
     return data
 
 
-def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None, cls: type, choices: Choices) -> Any:
+Check = Callable[[Any, type[Exception]], None]
+
+
+def recipe_from_dict(data: dict[str, Any], overrides: list[str] | None, cls: type, choices: Choices,
+                     check: Check | None = None) -> Any:
     data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
-    return _build(cls, data, "", choices)
+    recipe = _build(cls, data, "", choices)
+    if check is not None:
+        check(recipe, RecipeError)
+    return recipe
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None, cls: type, choices: Choices) -> Any:
+def load_recipe(path: str | Path | None, overrides: list[str] | None, cls: type, choices: Choices,
+                check: Check | None = None) -> Any:
     """Load and validate a TOML recipe (``None`` = all defaults) of class ``cls``, then apply ``--set``
-    overrides; ``choices`` lists the allowed values of enumerated keys."""
+    overrides; ``choices`` lists the allowed values of enumerated keys, ``check`` checks the values."""
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -165,7 +179,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None, cls: type,
         except tomllib.TOMLDecodeError as e:
             raise RecipeError(f"recipe {path}: invalid TOML ({e})") from e
     try:
-        return recipe_from_dict(data, overrides, cls, choices)
+        return recipe_from_dict(data, overrides, cls, choices, check)
     except RecipeError as e:
         where = f"recipe {path}: " if path else ""
         raise RecipeError(f"{where}{e}") from None

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from core.cli import run_command
+
 EXIT_DATA = 1
 EXIT_USAGE = 2
 
@@ -248,13 +250,10 @@ def _run_inspect(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        {"shard": _run_shard, "synth": _run_synth, "inspect": _run_inspect}[args.command](args)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except BrokenPipeError:  # output piped into e.g. `head`, which exited: not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
+    command = {"shard": _run_shard, "synth": _run_synth, "inspect": _run_inspect}[args.command]
+    # Own errors exit 1 above; an unwritable or missing path found later is a usage error (2), bugs keep
+    # their traceback.
+    run_command(command, args, lambda: ())
 
 
 if __name__ == "__main__":

@@ -6,10 +6,7 @@ import argparse
 import json
 import sys
 
-
-def _fail(msg: str, code: int = 1) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+from core.cli import non_negative_int, positive_float, positive_int, run_command
 
 
 def cmd_train(args) -> None:
@@ -28,16 +25,18 @@ def cmd_evaluate(args) -> None:
     from .config import load_finetune_recipe
     from .heads import Classifier
     from .metrics import compute_metrics
-    from .session import check_vocabulary
+    from .session import check_labeled, check_targets, check_vocabulary
     from .train import predict_shards
 
     model = Classifier.from_pretrained(args.model)
     recipe = load_finetune_recipe(None, [f"data.target_frames={model.target_frames}",
                                          f"train.batch_size={args.batch_size}", f"data.num_workers={args.workers}"])
     shards = resolve_shards(args.shards, args.allow_pipe)
+    check_labeled(shards, "evaluate")
     check_vocabulary(shards, model.labels)
     acc = make_accelerator(recipe.train.mixed_precision, recipe.run_dir)
     s, t, _ = predict_shards(acc, model, shards, recipe, model.encoder.config.normalization)
+    check_targets(t, shards)
     m = compute_metrics(s, t, model.labels, model.kind)
     if args.out:
         with open(args.out, "w") as f:
@@ -87,23 +86,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", required=True, help="fine-tuned model directory")
     p.add_argument("shards", help="index.json, a directory holding one, a brace pattern or a comma list")
     p.add_argument("--out", help="write metrics JSON (with the per-class report) here")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--workers", type=non_negative_int, default=0)
     p.add_argument("--allow-pipe", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="top-k labels for audio files or folders")
     p.add_argument("--model", required=True)
     p.add_argument("paths", nargs="+")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a window)")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--hop", type=positive_float, default=None, help="window hop in seconds (default: half a window)")
     p.add_argument("--jsonl", help="write one JSON line per file (per-window and aggregated scores)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("embed", help="pooled and per-layer features of any export (pretrained or fine-tuned)")
     p.add_argument("--model", required=True)
     p.add_argument("paths", nargs="+")
     p.add_argument("--out", required=True, help="directory for one .npz per file")
-    p.add_argument("--hop", type=float, default=None)
-    p.add_argument("--target-frames", type=int, default=None, help="window length in frames (default: the model's)")
+    p.add_argument("--hop", type=positive_float, default=None, help="window hop in seconds (default: half a window)")
+    p.add_argument("--target-frames", type=positive_int, default=None, help="window length in frames (default: the model's)")
     p.set_defaults(func=cmd_embed)
     p = sub.add_parser("compare", help="pretrained vs random init, linear probe and full fine-tuning (the demo)")
     p.add_argument("--recipe", required=True)
@@ -111,15 +110,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_compare)
     args = ap.parse_args(argv)
+    run_command(args.func, args, user_errors)
 
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The error types a user of this CLI can cause (imported only once something failed)."""
+    from core.cli import UsageError
     from core.recipe import RecipeError
+    from pretrain.checkpoint import TrainingError
     from pretrain.data import DataError
     from pretrain.encoder import ExportError
 
-    try:
-        args.func(args)
-    except (RecipeError, DataError, ExportError, FileNotFoundError) as e:
-        _fail(str(e))
+    return UsageError, RecipeError, DataError, ExportError, TrainingError
 
 
 if __name__ == "__main__":

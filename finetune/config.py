@@ -8,6 +8,8 @@ from pathlib import Path
 from core.recipe import Choices, RecipeBase, RunSection, load_recipe
 from pretrain.config import DataSection as PretrainData
 
+from .recipe_checks import check_recipe
+
 
 @dataclass
 class ModelSection:
@@ -133,5 +135,5 @@ CHOICES: Choices = {
 
 def load_finetune_recipe(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneRecipe:
     """Load a fine-tuning recipe with strict keys and ``--set`` overrides."""
-    recipe: FinetuneRecipe = load_recipe(path, overrides, FinetuneRecipe, CHOICES)
+    recipe: FinetuneRecipe = load_recipe(path, overrides, FinetuneRecipe, CHOICES, check_recipe)
     return recipe

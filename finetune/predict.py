@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from core import shard_format as fmt
+from core.cli import UsageError
 from data_prep.audio import AudioError, load_audio
 from pretrain.encoder import Encoder, read_export
 from pretrain.features import model_input, pad_waves
@@ -58,8 +59,12 @@ def _load(path: Path, sr: int) -> np.ndarray:
 def iter_windows(paths: list[Path], encoder: Encoder, target_frames: int, hop_seconds: float | None,
                  errors: list[dict[str, str]]) -> Iterator[tuple[Path, list[int], torch.Tensor, torch.Tensor]]:
     cfg = encoder.config.features
+    if target_frames < encoder.config.patch[0]:
+        raise UsageError(f"a window of {target_frames} frames is shorter than one patch ({encoder.config.patch[0]} frames)")
+    if hop_seconds is not None and not hop_seconds * cfg.sample_rate >= 1:  # 0 is not "the default"
+        raise UsageError(f"hop {hop_seconds!r} s is shorter than one sample")
     window = cfg.num_samples(target_frames)
-    hop = int(hop_seconds * cfg.sample_rate) if hop_seconds else window // 2
+    hop = int(hop_seconds * cfg.sample_rate) if hop_seconds is not None else window // 2
     for path in paths:
         try:
             wave = _load(path, cfg.sample_rate)

@@ -63,6 +63,18 @@ def check_vocabulary(shards: ShardSet, labels: list[str]) -> None:
                         f"(it knows {len(labels)} labels: {labels[:10]}{' ...' if len(labels) > 10 else ''})")
 
 
+def check_labeled(shards: ShardSet, what: str) -> None:
+    """Shards whose index.json has no label vocabulary cannot be ``what`` (evaluated, fine-tuned on)."""
+    if shards.index is not None and not shards.vocabulary:
+        raise DataError(f"{shards.source}: no label vocabulary in index.json; {what} needs labeled shards")
+
+
+def check_targets(targets: Any, shards: ShardSet) -> None:
+    """Metrics over samples none of which has a label would be a meaningless 0: refuse them."""
+    if targets.size and not targets.any():
+        raise DataError(f"{shards.source}: no sample has a label; evaluation needs labeled shards")
+
+
 def check_fold_field(shards: ShardSet) -> None:
     """k-fold needs a ``fold`` in the samples' json: look at the first sample of the first local shard.
 
@@ -157,13 +169,13 @@ def setup(recipe: FinetuneRecipe, run_dir: Path, fold: int | None) -> Session:
 
 def _setup_data(recipe: FinetuneRecipe, fold: int | None) -> TaskData:
     d = recipe.data
-    train_set = resolve_shards(d.train, d.allow_pipe)
+    train_set = resolve_shards(d.train, d.allow_pipe, "data.train")
     if not train_set.vocabulary:
         raise DataError(f"{train_set.source}: no label vocabulary in index.json; fine-tuning needs labeled shards")
     labels = list(train_set.vocabulary)
     # with folds, the held-out fold of data.train is the test set: data.valid / data.test are not read
-    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid and fold is None else None
-    test_set = resolve_shards(d.test, d.allow_pipe) if d.test and fold is None else None
+    valid_set = resolve_shards(d.valid, d.allow_pipe, "data.valid") if d.valid and fold is None else None
+    test_set = resolve_shards(d.test, d.allow_pipe, "data.test") if d.test and fold is None else None
     train_weight = eval_weight = None
     if fold is not None:
         check_fold_field(train_set)
@@ -212,3 +224,28 @@ def _setup_stream(recipe: FinetuneRecipe, acc: Accelerator, data: TaskData, core
                          shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
                          vocabulary=data.labels, sample_weight=data.train_weight, corrupt_log=corrupt)
     return steps_per_epoch, stream
+
+
+def _set_size(shards: ShardSet | None, weight: Any = None) -> str:
+    if shards is None:
+        return "none"
+    n = f"{shards.num_samples} clips" if shards.num_samples is not None else "? clips (no index.json)"
+    return f"{n}, {weight!r}" if weight is not None else n
+
+
+def header(s: Session) -> str:
+    """One line (like pretraining's) saying what is about to train on what."""
+    recipe, enc, t = s.recipe, s.core.encoder, s.recipe.train
+    f, world, labels = recipe.features, s.acc.num_processes, s.data.labels
+    params = sum(p.numel() for p in enc.parameters())
+    source = ("recipe" if f.mean is not None else f"stats {f.stats}" if f.stats else
+              "the encoder's" if f.use_encoder_stats else "computed on the training shards")
+    names = ", ".join(labels[:5]) + (" ..." if len(labels) > 5 else "")
+    init = "random init" if recipe.model.random_init else recipe.model.encoder
+    sets = {"train": (s.data.train, s.data.train_weight), "valid": (s.data.valid, None),
+            "test": (s.data.test, s.data.eval_weight)}
+    return (f"finetune: encoder {init} ({enc.config.backbone} {enc.dim}x{enc.num_layers}, {params / 1e6:.2f}M params) "
+            f"| {recipe.model.mode}, {recipe.model.pooling} pooling | {len(labels)} classes ({names}) | "
+            + " | ".join(f"{name} {_set_size(shards, w)}" for name, (shards, w) in sets.items())
+            + f" | normalization mean {s.norm.mean:.4f} std {s.norm.std:.4f} ({source}) | global batch "
+            f"{t.batch_size} x {world} = {t.batch_size * world}, {s.steps_per_epoch} steps/epoch x {t.epochs} epochs")

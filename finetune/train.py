@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from .augment import augment_batch
 from .config import FinetuneRecipe
 from .heads import Classifier
 from .metrics import compute_metrics
-from .session import Session, setup
+from .session import Session, header, setup
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
@@ -128,6 +129,8 @@ def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) ->
 def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Train one task model; returns the metrics (also written to ``run_dir/metrics.json``)."""
     s = setup(recipe, Path(run_dir or recipe.run_dir), fold)
+    if s.acc.is_main_process:
+        print(header(s), file=sys.stderr)
     t = recipe.train
     total = s.steps_per_epoch * t.epochs
     progress = Progress(total, "finetune", enabled=s.acc.is_main_process)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
+from core.cli import non_negative_int, positive_int, run_command
 
-def _fail(msg: str, code: int = 1) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(code)
+from .interop import add_cli
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -46,28 +44,28 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("stats", help="mean/std of the fbank over a shard set (for features.stats)")
     p.add_argument("shards", help="index.json, a directory holding one, a brace pattern or a comma list")
     p.add_argument("--out", help="write the statistics JSON here too")
-    p.add_argument("--max-samples", type=int, default=None, help="stop after this many clips")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--max-samples", type=positive_int, default=None, help="stop after this many clips")
+    p.add_argument("--workers", type=non_negative_int, default=0, help="loader processes (0 = in this process)")
     p.add_argument("--allow-pipe", action="store_true", help="allow pipe: URLs (they run shell commands)")
     p.add_argument("--corrupt-shards", choices=("skip", "error"), default="skip",
                    help="damaged shards or samples: skip them with a warning (default) or stop")
     p.set_defaults(func=cmd_stats)
 
-    from .interop import add_cli
-
     add_cli(sub)  # import-checkpoint, export-hf
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_command(args.func, args, user_errors)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The error types a user of this CLI can cause (imported only once something failed)."""
     from core.recipe import RecipeError
 
     from .checkpoint import TrainingError
     from .data import DataError
     from .encoder import ExportError
 
-    try:
-        args.func(args)
-    except (RecipeError, DataError, ExportError, TrainingError, FileNotFoundError) as e:
-        _fail(str(e))
+    return RecipeError, DataError, ExportError, TrainingError
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from core.files import honour_umask
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why."""
@@ -64,6 +66,7 @@ def save_checkpoint(acc: Accelerator, run_dir: Path, state: TrainState, position
     (tmp / f"stream_rank{acc.process_index}.json").write_text(json.dumps(pos))
     acc.wait_for_everyone()
     if acc.is_main_process:
+        honour_umask(tmp)  # accelerate's safetensors files are 0600
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

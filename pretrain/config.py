@@ -9,6 +9,8 @@ from typing import Any
 from core.recipe import Choices, RecipeBase, RecipeError, RunSection, save_recipe
 from core.recipe import load_recipe as _load
 
+from .recipe_checks import check_recipe
+
 __all__ = ["Recipe", "RecipeError", "load_recipe", "save_recipe"]
 
 
@@ -120,5 +122,5 @@ CHOICES: Choices = {
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Load a pretraining recipe (``None`` = all defaults) with strict keys and ``--set`` overrides."""
-    recipe: Recipe = _load(path, overrides, Recipe, CHOICES)
+    recipe: Recipe = _load(path, overrides, Recipe, CHOICES, check_recipe)
     return recipe

@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import sys
+import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,10 +84,24 @@ def _index_urls(index_path: Path) -> ShardSet:
     )
 
 
-def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
-    """Resolve an ``index.json``, a directory holding one, a brace pattern, or a list of paths/URLs."""
+def resolve_shards(spec: str | list[str], allow_pipe: bool = False, key: str | None = None) -> ShardSet:
+    """Resolve an ``index.json``, a directory holding one, a brace pattern, or a list of paths/URLs.
+
+    ``key`` (e.g. ``data.valid``) is the recipe key the spec came from; errors start with it."""
+    try:
+        return _resolve_shards(spec, allow_pipe)
+    except DataError as e:
+        if key is None:
+            raise
+        hint = ""
+        if isinstance(spec, str) and spec.strip().lower() in ("none", "null", "nil"):
+            hint = f" (to unset {key}, use --set {key}=null)"
+        raise DataError(f"{key}: {e}{hint}") from None
+
+
+def _resolve_shards(spec: str | list[str], allow_pipe: bool) -> ShardSet:
     if not spec:
-        raise DataError("no shards given (data.train is empty)")
+        raise DataError("no shards given (the shard list is empty)")
     if isinstance(spec, str) and "://" not in spec and not spec.startswith("pipe:"):
         p = Path(spec)
         if p.is_dir():
@@ -104,8 +119,11 @@ def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
     for u in urls:
         if u.startswith("pipe:") and not allow_pipe:
             raise DataError(f"refusing shard URL {u!r}: pipe: URLs run shell commands; set data.allow_pipe = true")
-        if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file():
-            raise DataError(f"shard {u} not found")
+        if "://" not in u and not u.startswith("pipe:"):
+            if not Path(u).is_file():
+                raise DataError(f"shard {u} not found")
+            if not u.endswith(".tar") and not tarfile.is_tarfile(u):  # e.g. a .wav given as data.train
+                raise DataError(f"{u} is not a tar shard; make shards first: python -m data_prep shard SRC OUT")
     if not urls:
         raise DataError(f"no shards match {spec!r}")
     return ShardSet(urls=urls, source=str(spec))

@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.files import honour_umask
+
 from .backbones import BackboneOutput, backbone_class, build_backbone, make_backbone_config
 from .config import DataSection, ModelSection
 from .features import FeatureConfig, Normalization
@@ -203,16 +205,21 @@ class Encoder(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str = "cpu") -> Encoder:
         """Rebuild an Encoder from an export directory (or a fine-tuned model's directory)."""
+        from .export_checks import tensors_problem
+
         config_dict, weights_path = read_export(directory)
-        config = EncoderConfig.from_dict(config_dict, source=str(Path(directory) / CONFIG_NAME))
+        source = str(Path(directory) / CONFIG_NAME)
+        config = EncoderConfig.from_dict(config_dict, source=source)
         try:
             model = cls(config)
-        except ValueError as e:
-            raise ExportError(f"{Path(directory) / CONFIG_NAME}: {e}") from e
+        except (ValueError, ZeroDivisionError) as e:
+            raise ExportError(f"{source}: {e}") from e
         state = load_file(str(weights_path), device=map_location)
         prefix = "encoder."
         if any(k.startswith(prefix) for k in state):  # a fine-tuned model: the encoder part
             state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if problem := tensors_problem(model, state):
+            raise ExportError(f"{weights_path} does not match {source}: {problem}")
         load_state_strict(model, state, str(weights_path))
         return model
 
@@ -263,6 +270,7 @@ def write_export(
     files = ({CONFIG_NAME: config} if config is not None else {}) | (json_files or {})
     for name, obj in files.items():
         (tmp / name).write_text(json.dumps(obj, indent=2) + "\n")
+    honour_umask(tmp)  # save_file writes 0600: a shared export must stay readable
     if directory.exists():
         old = directory.with_name(directory.name + ".old-export")
         if old.exists():
@@ -276,7 +284,7 @@ def write_export(
 
 
 def read_export(directory: str | os.PathLike) -> tuple[dict[str, Any], Path]:
-    """``(config dict, weights path)`` of an export directory, with clear errors."""
+    """``(config dict, weights path)`` of an export directory; a config that contradicts itself is refused."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ExportError(f"{directory}: not a model directory (it does not exist or is not a directory)")
@@ -291,4 +299,8 @@ def read_export(directory: str | os.PathLike) -> tuple[dict[str, Any], Path]:
         raise ExportError(f"{cfg_path}: not valid JSON ({e})") from e
     if not isinstance(config, dict) or "backbone" not in config:
         raise ExportError(f"{cfg_path}: not an encoder config (no 'backbone' key)")
+    from .export_checks import config_problem
+
+    if problem := config_problem(config):  # checked before anything is built from it
+        raise ExportError(f"{cfg_path}: {problem}")
     return config, weights

@@ -28,6 +28,7 @@ Any key not recognized, or missing, or of the wrong shape is an error that lists
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from .config import ModelSection, ObjectiveSection
 from .encoder import (
     CLASSIFIER_HEAD_KEYS,
     CLASSIFIER_HEAD_NAME,
+    CONFIG_NAME,
     HEADS_NAME,
     WEIGHTS_NAME,
     Encoder,
@@ -49,9 +51,9 @@ from .encoder import (
     write_export,
 )
 from .features import FeatureConfig, Normalization
+from .interop import FORMATS  # the CLI's choices, kept there so that `--help` imports no torch
 from .patches import freq_to_time_major, grid_shape, time_to_freq_major
 
-FORMATS = ("ssast", "ast")
 # SSAST head name -> SSASTObjective attribute.
 _HEAD_NAMES = {"cpredlayer": "disc_head", "gpredlayer": "gen_head"}
 # timm's ImageNet classifiers, present in the published files and never used by SSAST/AST.
@@ -114,6 +116,21 @@ def _unsupported_global(message: str) -> str:
     return ""
 
 
+def heads_from_config(src: Path) -> int | None:
+    """The head count in a ``config.json`` beside the checkpoint (Hugging Face AST or our export), if any."""
+    path = src.parent / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{path}: cannot read the head count ({e})") from None
+    inner = config.get("backbone_config") if isinstance(config, dict) else None
+    value = (config.get("num_attention_heads", (inner if isinstance(inner, dict) else config).get("num_heads"))
+             if isinstance(config, dict) else None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ExportError(f"{path}: head count {value!r} is not a positive whole number")
+    return value
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -162,8 +179,11 @@ def _need(state: dict[str, torch.Tensor], key: str, source: str) -> torch.Tensor
     return state[key]
 
 
-def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
-    """Size, depth, heads, MLP ratio, cls count and patch shape of an SSAST/AST ViT state dict."""
+def infer_architecture(state: dict[str, torch.Tensor], source: str, num_heads: int | None = None) -> ViTShape:
+    """Size, depth, heads, MLP ratio, cls count and patch shape of an SSAST/AST ViT state dict.
+
+    The weights do not hold the head count: ``num_heads`` gives it, else DeiT's 64-wide heads are assumed,
+    and a width that is not a multiple of 64 is refused rather than guessed."""
     if "v.patch_embed.proj.weight" not in state or "v.pos_embed" not in state:
         some = sorted(state)[:8]
         raise ExportError(
@@ -176,8 +196,11 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
             f"{source}: v.patch_embed.proj.weight has shape {tuple(w.shape)}, expected (D, 1, fshape, tshape)"
         )
     dim, _, fshape, tshape = (int(s) for s in w.shape)
-    if dim % 64:
-        raise ExportError(f"{source}: embedding width {dim} is not a multiple of 64 (DeiT heads are 64 wide)")
+    if num_heads is not None and (num_heads < 1 or dim % num_heads):
+        raise ExportError(f"{source}: {num_heads} heads do not divide the embedding width {dim}")
+    if num_heads is None and dim % 64:
+        raise ExportError(f"{source}: embedding width {dim} is not a multiple of 64, so the head count cannot be "
+                          f"guessed (published SSAST/AST heads are 64 wide); give it with --num-heads")
     depth = 0
     while f"v.blocks.{depth}.norm1.weight" in state:
         depth += 1
@@ -190,7 +213,7 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> ViTShape:
     return ViTShape(
         dim=dim,
         depth=depth,
-        num_heads=dim // 64,
+        num_heads=num_heads or dim // 64,
         mlp_ratio=fc1.shape[0] / dim,
         qkv_bias="v.blocks.0.attn.qkv.bias" in state,
         num_cls=num_cls,
@@ -328,6 +351,7 @@ def convert_ssast_state(
     fstride: int | None = None,
     tstride: int | None = None,
     input_tdim: int | None = None,
+    num_heads: int | None = None,
 ) -> ConvertedCheckpoint:
     """Map an SSAST/AST state dict (``module.`` already stripped) to our encoder + heads tensors."""
     fmt = fmt or detect_format(state)
@@ -338,7 +362,7 @@ def convert_ssast_state(
             f"{source}: no p_input_fdim/p_input_tdim, so not an SSAST pretraining checkpoint; "
             f"use --format ast for fine-tuned AST/SSAST checkpoints"
         )
-    arch = infer_architecture(state, source)
+    arch = infer_architecture(state, source, num_heads)
     geo = infer_geometry(arch, state, fmt, source, fstride, tstride, input_tdim)
     required = _expected_shapes(arch, arch.num_cls + geo.nf * geo.nt)
     _check_checkpoint(state, arch, required, source)
@@ -521,17 +545,21 @@ def import_checkpoint(
     fstride: int | None = None,
     tstride: int | None = None,
     input_frames: int | None = None,
+    num_heads: int | None = None,
 ) -> Path:
     """Convert a published SSAST/AST ``.pth`` into our export directory; returns it.
 
     ``fmt``: ``ssast`` | ``ast`` | None (detected). ``keep_heads``: None keeps the pretraining heads
     (``heads.safetensors``) and AST's classifier (``classifier_head.safetensors``) when present,
     False drops them, True requires them. ``fstride``/``tstride``/``input_frames`` resolve an
-    ambiguous AST geometry. The result loads with ``Encoder.from_pretrained(out_dir)``.
+    ambiguous AST geometry. ``num_heads``: the head count, else read from a ``config.json`` beside the file
+    (``num_attention_heads`` / ``num_heads``), else 64-wide heads. The result loads with
+    ``Encoder.from_pretrained(out_dir)``.
     """
     src = Path(src)
     state = load_torch_checkpoint(src)
-    conv = convert_ssast_state(state, fmt, str(src), fstride, tstride, input_frames)
+    num_heads = num_heads or heads_from_config(src)
+    conv = convert_ssast_state(state, fmt, str(src), fstride, tstride, input_frames, num_heads)
     fmt = fmt or detect_format(state)
     has_heads = conv.heads is not None or conv.classifier is not None
     if keep_heads and not has_heads:

@@ -1,17 +1,23 @@
 """CLI glue of the interop jobs: ``python -m pretrain import-checkpoint`` (:mod:`pretrain.import_ssast`)
-and ``python -m pretrain export-hf`` (:mod:`pretrain.export_hf`)."""
+and ``python -m pretrain export-hf`` (:mod:`pretrain.export_hf`). Torch-free, so that ``--help`` is instant:
+the jobs are imported when a command runs."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
-from .encoder import CONFIG_NAME
-from .export_hf import export_hf
-from .import_ssast import FORMATS, import_checkpoint
+from core.cli import positive_int
+
+FORMATS = ("ssast", "ast")
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
+    from .encoder import CONFIG_NAME
+    from .import_ssast import import_checkpoint
+
     out = import_checkpoint(
         args.src,
         args.out_dir,
@@ -20,17 +26,25 @@ def _cmd_import(args: argparse.Namespace) -> None:
         fstride=args.fstride,
         tstride=args.tstride,
         input_frames=args.input_frames,
+        num_heads=args.num_heads,
     )
     cfg = json.loads((out / CONFIG_NAME).read_text())
     files = sorted(p.name for p in out.iterdir())
+    bc = cfg["backbone_config"]
+    if args.num_heads is None and not (Path(args.src).parent / CONFIG_NAME).is_file():
+        print(f"note: the weights do not hold the head count: assumed 64-wide heads ({bc['num_heads']}); "
+              "give --num-heads if the model used others", file=sys.stderr)
     print(
-        f"wrote {out}: {cfg['backbone']} {cfg['backbone_config']['dim']}x{cfg['backbone_config']['depth']}, "
+        f"wrote {out}: {cfg['backbone']} {bc['dim']}x{bc['depth']}, {bc['num_heads']} heads, "
         f"patch {cfg['patch']} stride {cfg['stride']} (frames, mel), grid {cfg['pos_grid']}, "
-        f"{cfg['backbone_config']['num_cls']} cls; files {files}"
+        f"{bc['num_cls']} cls; files {files}"
     )
 
 
 def _cmd_export_hf(args: argparse.Namespace) -> None:
+    from .encoder import CONFIG_NAME
+    from .export_hf import export_hf
+
     out = export_hf(args.export_dir, args.out_dir, encoder_only=args.encoder_only)
     arch = json.loads((out / CONFIG_NAME).read_text())["architectures"][0]
     print(f"wrote {out} (transformers {arch})")
@@ -55,11 +69,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="do not keep the pretraining heads (cpredlayer/gpredlayer) or AST's mlp_head",
     )
     p.add_argument(
-        "--fstride", type=int, default=None, help="frequency stride, if it cannot be inferred (ast)"
+        "--fstride", type=positive_int, default=None, help="frequency stride, if it cannot be inferred (ast)"
     )
-    p.add_argument("--tstride", type=int, default=None, help="time stride, if it cannot be inferred (ast)")
+    p.add_argument("--tstride", type=positive_int, default=None, help="time stride, if it cannot be inferred (ast)")
     p.add_argument(
-        "--input-frames", type=int, default=None, help="input length in frames (ast; default inferred)"
+        "--input-frames", type=positive_int, default=None, help="input length in frames (ast; default inferred)"
+    )
+    p.add_argument(
+        "--num-heads", type=positive_int, default=None,
+        help="attention heads (the weights do not say; default: num_attention_heads/num_heads of a config.json "
+        "beside SRC, else 64-wide heads; a width that is not a multiple of 64 needs this option)",
     )
     p.set_defaults(func=_cmd_import)
     p = subparsers.add_parser("export-hf", help="write a transformers ASTModel directory from a ViT export")

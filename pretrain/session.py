@@ -137,8 +137,8 @@ def setup(recipe: Recipe) -> Session:
     """Accelerator, data, model, optimizer and schedule, in the order that keeps runs reproducible
     (the seed is set before the model is built; a checkpoint is loaded after ``prepare``)."""
     acc = make_accelerator(recipe.train.mixed_precision, recipe.run_dir)
-    shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe)
-    valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe) if recipe.data.valid else None
+    shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe, "data.train")
+    valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe, "data.valid") if recipe.data.valid else None
     workers = fit_workers(shards, "data.train", acc.num_processes, recipe.data.num_workers, acc.is_main_process)
     if valid is not None:  # validate() fits its workers the same way: a bad set must fail before step 1
         fit_workers(valid, "data.valid", acc.num_processes, recipe.data.num_workers)

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 
+from core.files import honour_umask
 from core.jsonio import write_json_atomic
 from core.progress import Progress
 
@@ -238,6 +239,7 @@ def _finish(s: Session, tally: Tally) -> Path:
         if recipe.train.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
             save_file(heads, str(export / HEADS_NAME))
+            honour_umask(export / HEADS_NAME)  # save_file writes 0600
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": sum(c[0] for c in corrupt),
                    "corrupt_list": [e for c in corrupt for e in c[1]][: recipe.train.max_corrupt_listed],

@@ -66,10 +66,10 @@ def tiny_recipe(train: Path, run_dir: Path, name: str, **extra: object):
 
 
 def cli_error(argv: list[str], capsys) -> str:
-    """Run the finetune CLI in-process; it must exit 1 with a one-line error (no traceback)."""
+    """Run the finetune CLI in-process; it must exit 2 with a one-line error (no traceback)."""
     with pytest.raises(SystemExit) as e:
         finetune_main(argv)
-    assert e.value.code == 1
+    assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: "), err
     return err
@@ -568,3 +568,51 @@ def test_compare_runs_probe_and_full_from_pretrained_and_random(shards, work, ca
     assert not torch.equal(pre["encoder.patch_embed.weight"], rnd["encoder.patch_embed.weight"])
     out = capsys.readouterr().out
     assert "seed 0" in out and "linear_probe: pretraining gain" in out and "full: pretraining gain" in out
+
+
+# ----- issue 13: one error line (exit 2) for bad options and data; a header at the start of training -----
+
+def test_train_prints_a_header(finetuned, export):
+    proc = ok(finetuned[1])
+    header = next(line for line in proc.stderr.splitlines() if line.startswith("finetune: encoder"))
+    for words in (str(export), "vit 32x2", "classes (", "train ", "valid ", "test ", "normalization mean",
+                  "computed on the training shards", "global batch 4 x 1 = 4"):
+        assert words in header, (words, header)
+
+
+@pytest.mark.parametrize("option,value", [("--top-k", "-1"), ("--top-k", "0"), ("--hop", "-1"), ("--hop", "0")])
+def test_predict_refuses_bad_window_options(finetuned, wavs, option, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        finetune_main(["predict", "--model", str(finetuned[0] / "export"), option, value, str(wavs["short"])])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}" in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_unlabeled_shards(finetuned, corpus, work, capsys):
+    unlabeled = work / "unlabeled"
+    data_prep_main(["shard", str(corpus), str(unlabeled), "--layout", "folder", "--workers", "1", "-q"])
+    err = cli_error(["evaluate", "--model", str(finetuned[0] / "export"), str(unlabeled)], capsys)
+    assert "no label vocabulary" in err and "evaluate needs labeled shards" in err
+    tars = ",".join(sorted(str(p) for p in unlabeled.glob("*.tar")))  # no index.json: found from the samples
+    err = cli_error(["evaluate", "--model", str(finetuned[0] / "export"), tars], capsys)
+    assert "no sample has a label" in err
+
+
+def test_a_tampered_export_is_one_line(finetuned, wavs, work, capsys):
+    src = finetuned[0] / "export"
+    bad = work / "tampered"
+    bad.mkdir(exist_ok=True)
+    (bad / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["backbone_config"]["dim"] = str(cfg["backbone_config"]["dim"])
+    (bad / "config.json").write_text(json.dumps(cfg))
+    for argv in (["predict", "--model", str(bad), str(wavs["short"])],
+                 ["embed", "--model", str(bad), "--out", str(work / "emb_bad"), str(wavs["short"])]):
+        err = cli_error(argv, capsys)
+        assert "backbone_config.dim = '32' is not a number" in err and "Traceback" not in err
+
+
+def test_embed_refuses_a_window_shorter_than_a_patch(export, wavs, work, capsys):
+    err = cli_error(["embed", "--model", str(export), "--out", str(work / "emb8"), "--target-frames", "8",
+                     str(wavs["short"])], capsys)
+    assert "window of 8 frames is shorter than one patch" in err

@@ -40,9 +40,9 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 
 def test_set_overrides_are_typed():
-    r = load_recipe(None, ["optim.lr=3e-4", "model.patch=[2, 128]", "data.train=a/b", "model.backbone_config.dim=64"])
+    r = load_recipe(None, ["optim.lr=3e-4", "model.patch=[2, 128]", "data.train=a/b", "model.backbone_config.dim=96"])
     assert r.optim.lr == 3e-4 and r.model.patch == [2, 128] and r.data.train == "a/b"
-    assert r.model.backbone_config == {"dim": 64}
+    assert r.model.backbone_config == {"dim": 96}
 
 
 # ----------------------------------------------------------------------------- ViT and Encoder
@@ -105,7 +105,7 @@ def test_from_pretrained_errors(tmp_path):
     _tiny_encoder().save_pretrained(d)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps(cfg | {"backbone": "transformerx"}))
-    with pytest.raises(ValueError, match="unknown backbone 'transformerx'.*vit"):
+    with pytest.raises(ExportError, match="backbone = 'transformerx' is not one of.*vit"):
         Encoder.from_pretrained(d)
     (d / "config.json").write_text("{not json")
     with pytest.raises(ExportError, match="not valid JSON"):

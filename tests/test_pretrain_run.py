@@ -71,7 +71,7 @@ def test_pretrain_cli_errors(tiny_shards, tmp_path):
     shard = sorted((tiny_shards / "train").glob("*.tar"))[0]
     p = run_cli("pretrain", "train", "--set", f"data.train={shard}", "--set", f"run.output_dir={tmp_path}",
                 check=False)
-    assert p.returncode == 1 and "error:" in p.stderr and "samples_per_epoch" in p.stderr
+    assert p.returncode == 2 and "error:" in p.stderr and "samples_per_epoch" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -160,6 +160,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     assert (killed["corrupt_samples"], killed["corrupt_list"]) == (straight["corrupt_samples"], straight["corrupt_list"])
     tb = {n: _scalars(tmp_path / n, "train/loss") for n in ("straight", "killed")}
     assert [s for s, _ in tb["killed"]] == [s for s, _ in tb["straight"]] == list(range(1, 13))
+
+    # checkpoints and exports get the umask's modes (safetensors alone writes 0600)
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [*(tmp_path / "straight" / "export").iterdir(), *(ckpt / "step-12").rglob("*.safetensors")]
+    assert files and {f.stat().st_mode & 0o777 for f in files} == {0o666 & ~mask}, files
 
 
 def _event_bytes(run: Path) -> int:
