@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pretrain.encoder import (
+    CONFIG_NAME,
     WEIGHTS_NAME,
     Encoder,
     EncoderConfig,
@@ -119,7 +120,7 @@ def load_encoder(directory: str, random_init: bool = False, seed: int = 0) -> En
 
 def build_encoder(config: dict[str, Any], directory: str | os.PathLike) -> Encoder:
     """An Encoder (random weights) from an export's config; bad values become an ExportError naming the file."""
-    source = str(Path(directory) / "config.json")
+    source = str(Path(directory) / CONFIG_NAME)
     try:
         return Encoder(EncoderConfig.from_dict(config, source=source))
     except ExportError:

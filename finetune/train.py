@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,13 +19,17 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object, set_seed
 
+from core import shard_format as fmt
+from core.accel import make_accelerator
+from core.jsonio import write_json_atomic
+from core.optim import build_optimizer
+from core.progress import Progress
+from core.schedule import warmup_cosine_lr
 from pretrain.config import RecipeError, save_recipe
 from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
 from pretrain.encoder import ExportError
-from pretrain.features import FeatureConfig, Normalization
-from pretrain.jsonio import write_json_atomic
+from pretrain.features import FeatureConfig, Normalization, resolve_normalization
 from pretrain.stats import compute_stats
-from pretrain.train import Progress, make_accelerator, warmup_cosine_lr
 
 from .augment import augment_batch
 from .config import FinetuneRecipe
@@ -78,7 +81,7 @@ def check_fold_field(shards: ShardSet) -> None:
         return
     try:
         with tarfile.open(url) as tar:
-            member = next((m for m in tar if m.name.endswith(".json")), None)
+            member = next((m for m in tar if m.name.endswith("." + fmt.META_MEMBER)), None)
             meta = json.loads(tar.extractfile(member).read()) if member else {}
     except (OSError, tarfile.TarError, ValueError):
         return  # an unreadable shard is reported by the loader
@@ -93,23 +96,23 @@ def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.T
     return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()  # soft targets (mixup) allowed
 
 
-def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, train: ShardSet,
-                          run_dir: Path, acc, features: FeatureConfig | None = None) -> Normalization:
-    f = recipe.features
-    if f.mean is not None and f.std is not None:
-        return Normalization(f.mean, f.std)
-    if f.stats:
-        s = json.loads(Path(f.stats).read_text())
+def normalization_for(recipe: FinetuneRecipe, encoder_norm: Normalization, train: ShardSet, run_dir: Path, acc,
+                      features: FeatureConfig | None = None) -> Normalization:
+    """The recipe's normalization; by default the statistics of the training shards (cached in the run)."""
+
+    def from_training_shards() -> Normalization:
+        if recipe.features.use_encoder_stats:
+            return encoder_norm
+        cache = run_dir / "stats.json"
+        if acc.is_main_process and not cache.is_file():
+            s = compute_stats(train.urls, max_samples=recipe.features.stats_max_samples, allow_pipe=recipe.data.allow_pipe, features=features)
+            write_json_atomic(cache, s)
+        acc.wait_for_everyone()
+        s = json.loads(cache.read_text())
         return Normalization(float(s["mean"]), float(s["std"]))
-    if f.use_encoder_stats:
-        return encoder_norm
-    cache = run_dir / "stats.json"
-    if acc.is_main_process and not cache.is_file():
-        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features)
-        write_json_atomic(cache, s)
-    acc.wait_for_everyone()
-    s = json.loads(cache.read_text())
-    return Normalization(float(s["mean"]), float(s["std"]))
+
+    f = recipe.features
+    return resolve_normalization(f.mean, f.std, f.stats, from_training_shards)
 
 
 @torch.no_grad()
@@ -202,7 +205,7 @@ def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) ->
 def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Train one task model; returns the metrics (also written to ``run_dir/metrics.json``)."""
     run_dir = Path(run_dir or recipe.run_dir)
-    acc = make_accelerator(recipe, run_dir)  # type: ignore[arg-type]
+    acc = make_accelerator(recipe.train.mixed_precision, run_dir)
     is_main = acc.is_main_process
     d, t = recipe.data, recipe.train
     if not recipe.model.encoder:
@@ -235,7 +238,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         save_recipe(recipe, run_dir / "config.json")
     set_seed(t.seed)
     encoder = load_encoder(recipe.model.encoder, recipe.model.random_init, seed=t.seed)
-    norm = resolve_normalization(recipe, encoder.config.normalization, train_set, run_dir, acc,
+    norm = normalization_for(recipe, encoder.config.normalization, train_set, run_dir, acc,
                                  encoder.config.features)
     encoder.config.normalization = norm
     if recipe.model.stride:
@@ -247,8 +250,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         raise RecipeError(f"model.pooling: {e}") from e
     o = recipe.optim
     groups = layer_decay_groups(model, o.lr, o.weight_decay, recipe.model.layer_decay, o.head_lr_mult)
-    opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    optimizer = opt_cls(groups, lr=o.lr, betas=tuple(o.betas))
+    optimizer = build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
     model, optimizer = acc.prepare(model, optimizer)
     core: Classifier = acc.unwrap_model(model)
 
@@ -263,7 +265,7 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                          shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
                          vocabulary=labels, sample_weight=train_weight)
     gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
-    progress = Progress(total, is_main)
+    progress = Progress(total, "finetune", enabled=is_main)
     best: dict[str, Any] = {"main": -math.inf}
     wa_sum: dict[str, torch.Tensor] | None = None
     wa_count = 0
@@ -296,7 +298,9 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
             step += 1
             if step % t.log_every == 0:
                 progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
-                                force=not sys.stderr.isatty())
+                                log=True)
+            else:
+                progress.update(step)
         del batches
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
         if valid_set is not None:
@@ -314,10 +318,10 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
         history.append(entry)
         if is_main:
             v = entry.get("valid", {})
-            print(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
-                  + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""),
-                  file=sys.stderr)
+            progress.write(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
+                           + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""))
 
+    progress.close()
     selected = "last"
     if wa_sum is not None:
         core.load_state_dict({k: (v / wa_count).to(core.state_dict()[k].dtype) for k, v in wa_sum.items()})

@@ -22,7 +22,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from .jsonio import write_json_atomic
+    from core.jsonio import write_json_atomic
+
     from .stats import compute_stats
 
     stats = compute_stats(args.shards, max_samples=args.max_samples, num_workers=args.workers,

@@ -27,11 +27,18 @@ bit of the samples. Deliberate differences:
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from core.recipe import RecipeError
+
+from .config import ModelSection
 
 # AudioSet statistics used by AST/SSAST (the default when a dataset's own are unknown).
 AUDIOSET_MEAN = -4.2677393
@@ -49,7 +56,7 @@ class FeatureConfig:
     """Parameters of the fbank; recorded in every exported ``config.json``."""
 
     sample_rate: int = 16000
-    num_mel_bins: int = 128
+    num_mel_bins: int = ModelSection.num_mel_bins
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window_type: str = "hanning"
@@ -84,6 +91,10 @@ class FeatureConfig:
         if num_samples < self.frame_length:
             return 0
         return 1 + (num_samples - self.frame_length) // self.frame_shift
+
+    def num_samples(self, num_frames: int) -> int:
+        """Fewest samples that give ``num_frames`` frames (the inverse of ``num_frames``)."""
+        return self.frame_length + (num_frames - 1) * self.frame_shift if num_frames > 0 else 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when a value is outside what ``fbank`` supports."""
@@ -139,6 +150,23 @@ class Normalization:
     def from_dict(cls, data: dict) -> Normalization:
         """Inverse of ``to_dict``; an unknown key is an error naming it and the valid keys."""
         return _strict_from_dict(cls, data)
+
+
+def resolve_normalization(mean: float | None, std: float | None, stats: str | None,
+                          fallback: Callable[[], Normalization]) -> Normalization:
+    """The recipe's ``features`` normalization: ``mean``/``std`` given together, else a ``stats`` JSON
+    (``python -m pretrain stats``), else ``fallback()`` (AudioSet's, the encoder's, or computed)."""
+    if (mean is None) != (std is None):
+        raise RecipeError("features.mean and features.std must be given together")
+    if mean is not None and std is not None:
+        return Normalization(mean=mean, std=std)
+    if stats:
+        try:
+            s = json.loads(Path(stats).read_text())
+            return Normalization(mean=float(s["mean"]), std=float(s["std"]))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise RecipeError(f"features.stats {stats}: cannot read mean/std ({e})") from e
+    return fallback()
 
 
 def _strict_from_dict(cls, data: dict):

@@ -46,12 +46,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from .config import ModelSection, ObjectiveSection
 from .encoder import (
+    CLASSIFIER_HEAD_NAME,
     CONFIG_NAME,
+    HEADS_NAME,
     WEIGHTS_NAME,
     Encoder,
     EncoderConfig,
     ExportError,
+    key_mismatch,
     load_state_strict,
     read_export,
     write_export,
@@ -59,8 +63,6 @@ from .encoder import (
 from .features import FeatureConfig, Normalization
 from .patches import grid_shape
 
-HEADS_NAME = "heads.safetensors"
-CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"
 HF_PREPROCESSOR_NAME = "preprocessor_config.json"
 FORMATS = ("ssast", "ast")
 # SSAST head name -> SSASTObjective attribute.
@@ -68,7 +70,6 @@ _HEAD_NAMES = {"cpredlayer": "disc_head", "gpredlayer": "gen_head"}
 # timm's ImageNet classifiers, present in the published files and never used by SSAST/AST.
 _UNUSED_TIMM = ("v.head.weight", "v.head.bias", "v.head_dist.weight", "v.head_dist.bias")
 # Mel bins of every published SSAST/AST model (AST checkpoints do not record it).
-_DEFAULT_MEL_BINS = 128
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def infer_geometry(
                 f"give {nf}x{nt}={nf * nt} patches but v.pos_embed holds {num_patches}"
             )
         return Geometry(fst, tst, fdim, tdim, nf, nt)
-    fdim = _DEFAULT_MEL_BINS
+    fdim = ModelSection.num_mel_bins  # SSAST/AST's 128
     if fs > fdim:
         raise ExportError(f"{source}: patch height {fs} exceeds {fdim} mel bins")
     candidates = []
@@ -340,29 +341,6 @@ def _expected_shapes(arch: ViTShape, num_pos: int) -> dict[str, tuple[int, ...]]
     return shapes
 
 
-def _check_keys(
-    state: dict[str, torch.Tensor],
-    required: dict[str, tuple[int, ...]],
-    optional: dict[str, tuple[int, ...] | None],
-    source: str,
-) -> None:
-    """Error listing every missing, unexpected or mis-shaped key (no silent ``strict=False``)."""
-    missing = sorted(set(required) - set(state))
-    unexpected = sorted(set(state) - set(required) - set(optional))
-    wrong = []
-    for k, shape in list(required.items()) + list(optional.items()):
-        if k in state and shape is not None and tuple(state[k].shape) != shape:
-            wrong.append(f"{k}: shape {tuple(state[k].shape)}, expected {shape}")
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:12]}{' ...' if len(missing) > 12 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
-        parts += wrong[:12]
-        raise ExportError(f"{source} is not a checkpoint of the inferred SSAST/AST ViT: " + "; ".join(parts))
-
-
 @dataclass
 class ConvertedCheckpoint:
     config: EncoderConfig
@@ -416,7 +394,9 @@ def convert_ssast_state(
         "mlp_head.1.weight": (labels, d),
         "mlp_head.1.bias": (labels,),
     }
-    _check_keys(state, required, optional, source)
+    problems = key_mismatch(state, required, optional)
+    if problems:
+        raise ExportError(f"{source} is not a checkpoint of the inferred SSAST/AST ViT: {problems}")
     for group in [list(_HEAD_NAMES), ["mlp_head"]]:  # a head is all there or not at all
         names = [k for k in optional if k.split(".")[0] in group]
         present = [k for k in names if k in state]
@@ -585,7 +565,7 @@ def import_checkpoint(
     if keep and conv.heads is not None:
         tensors[HEADS_NAME] = conv.heads
         extra["pretraining"] = {
-            "objective": {"nce_weight": 1.0, "mse_weight": 10.0},
+            "objective": {"nce_weight": ObjectiveSection.nce_weight, "mse_weight": ObjectiveSection.mse_weight},
             "heads_file": HEADS_NAME,
             "note": "SSAST heads; outputs in our time-major within-patch order",
         }

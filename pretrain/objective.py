@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.config import ObjectiveSection
 from pretrain.patches import patchify
 
 
@@ -91,7 +92,8 @@ def _upcast(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 class SSASTObjective(nn.Module):
     """SSAST heads and losses over per-patch features; see the module docstring for the exact definitions."""
 
-    def __init__(self, dim: int, patch_dim: int, nce_weight: float = 1.0, mse_weight: float = 10.0) -> None:
+    def __init__(self, dim: int, patch_dim: int, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight) -> None:
         super().__init__()
         self.dim = dim
         self.patch_dim = patch_dim

@@ -7,8 +7,6 @@ patch, values are ordered time-major too (``(i, j) -> i * pf + j``, i = frame, j
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -77,19 +75,3 @@ def resize_pos_embed(
             size[axis] = new
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).reshape(1, nt * nf, d)
-
-
-def frames_for_samples(num_samples: int, frame_length: int = 400, frame_shift: int = 160) -> int:
-    """Kaldi (snip_edges) frame count of a waveform of ``num_samples`` samples."""
-    if num_samples < frame_length:
-        return 0
-    return 1 + (num_samples - frame_length) // frame_shift
-
-
-def samples_for_frames(num_frames: int, frame_length: int = 400, frame_shift: int = 160) -> int:
-    """Fewest samples that give ``num_frames`` kaldi frames."""
-    return frame_length + (num_frames - 1) * frame_shift if num_frames > 0 else 0
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any
+
+from core.progress import Progress
 
 from .data import DataError, ShardStream, make_loader, resolve_shards
 from .features import FeatureConfig, RunningStats, fbank
@@ -20,17 +20,18 @@ def compute_stats(spec: str, max_samples: int | None = None, num_workers: int = 
     stream = ShardStream(shards, batch_size=batch_size, target_frames=100_000, mode="eval", num_workers=workers,
                          features=features, compute_features=False)
     stats = RunningStats()
-    clips, t0 = 0, time.time()
-    last = t0
-    for batch in make_loader(stream):
-        feats, frames = fbank(batch["waves"], batch["lengths"], features)
-        stats.update(feats, frames)
-        clips += len(batch["keys"])
-        if time.time() - last > 2:
-            last = time.time()
-            print(f"stats: {clips} clips, {clips / max(last - t0, 1e-9):.1f} clips/s", file=sys.stderr)
-        if max_samples and clips >= max_samples:
-            break
+    clips = 0
+    total = shards.num_samples  # None without index.json: the display then shows no ETA
+    if max_samples:
+        total = min(total, max_samples) if total else max_samples
+    with Progress(total, "stats", unit="clip") as progress:
+        for batch in make_loader(stream):
+            feats, frames = fbank(batch["waves"], batch["lengths"], features)
+            stats.update(feats, frames)
+            clips += len(batch["keys"])
+            progress.update(clips)
+            if max_samples and clips >= max_samples:
+                break
     if clips == 0:
         raise DataError(f"{spec}: no readable clips")
     return {"mean": stats.mean, "std": stats.std, "clips": clips, "values": int(stats.count), "shards": shards.source}

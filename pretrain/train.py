@@ -21,15 +21,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import Recipe, save_recipe
+from core.accel import make_accelerator
+from core.jsonio import write_json_atomic
+from core.optim import build_optimizer, decay_groups
+from core.progress import Progress
+from core.schedule import warmup_cosine_lr
+
+from .config import ObjectiveSection, Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
-from .encoder import Encoder, EncoderConfig, load_state_strict
-from .features import FeatureConfig, Normalization
-from .jsonio import write_json_atomic
+from .encoder import HEADS_NAME, Encoder, EncoderConfig, load_state_strict
+from .features import FeatureConfig, Normalization, resolve_normalization
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
 from .patches import valid_patches
@@ -46,7 +51,8 @@ class Pretrainer(nn.Module):
     """Encoder + SSAST heads; one ``forward`` computes the whole loss (one or two encoder passes),
     so DDP sees exactly one forward per backward."""
 
-    def __init__(self, encoder: Encoder, nce_weight: float = 1.0, mse_weight: float = 10.0):
+    def __init__(self, encoder: Encoder, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight):
         super().__init__()
         self.encoder = encoder
         pt, pf = encoder.config.patch
@@ -93,49 +99,15 @@ def build_encoder(recipe: Recipe, normalization: Normalization, trained_on: dict
     return Encoder(cfg)
 
 
-def resolve_normalization(recipe: Recipe) -> Normalization:
-    f = recipe.features
-    if f.stats:
-        try:
-            stats = json.loads(Path(f.stats).read_text())
-            return Normalization(mean=float(stats["mean"]), std=float(stats["std"]))
-        except (OSError, KeyError, ValueError) as e:
-            raise TrainingError(f"features.stats {f.stats}: cannot read mean/std ({e})") from e
-    if (f.mean is None) != (f.std is None):
-        raise TrainingError("features.mean and features.std must be given together")
-    return Normalization(mean=f.mean, std=f.std) if f.mean is not None else Normalization()
-
-
 # ----------------------------------------------------------------------------- optimizer, schedule
-def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms, embeddings named by ``no_decay`` excluded."""
-    decay, skip = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (skip if p.ndim <= 1 or name in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
-
-
-def build_optimizer(recipe: Recipe, model: Pretrainer) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: Pretrainer) -> torch.optim.Optimizer:
+    """SSAST's Adam decays every parameter (L2 style); AdamW decays matrices only."""
     o = recipe.optim
-    no_decay = {"encoder." + n for n in model.encoder.no_weight_decay()}
-    if o.name == "adam":  # SSAST: Adam with L2-style weight decay
-        return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                weight_decay=o.weight_decay)
-    return torch.optim.AdamW(param_groups(model, o.weight_decay, no_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-
-
-def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float,
-                     cosine: bool) -> float | None:
-    """Linear warmup from 0, then (if ``cosine``) a half-cosine to ``min_lr`` at ``total_steps``;
-    None after the warmup of a non-cosine schedule (the caller's own decay applies)."""
-    if warmup_steps and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if cosine:
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-    return None
+    if o.name == "adam":
+        groups = [{"params": list(model.parameters()), "weight_decay": o.weight_decay}]
+    else:
+        groups = decay_groups(model, o.weight_decay, {"encoder." + n for n in model.encoder.no_weight_decay()})
+    return build_optimizer(o.name, groups, o.lr, o.betas, o.eps)
 
 
 class LRSchedule:
@@ -241,19 +213,6 @@ def load_checkpoint(acc: Accelerator, path: Path) -> dict[int, int]:
 
 
 # ----------------------------------------------------------------------------- helpers
-def make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
-    use_cpu = not torch.cuda.is_available()
-    mp = recipe.train.mixed_precision
-    if mp == "auto":
-        mp = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    return Accelerator(
-        cpu=use_cpu,
-        mixed_precision=mp,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-
-
 def step_generator(seed: int, step: int, rank: int, micro: int, which: int = 0) -> torch.Generator:
     """Masks are a pure function of (seed, step, rank, micro-batch): identical after a resume."""
     g = torch.Generator()
@@ -267,24 +226,6 @@ def build_masks(recipe: Recipe, encoder: Encoder, num_frames: torch.Tensor, fram
     total = grid[0] * grid[1]
     counts = mask_count_for(valid.sum(1), min(recipe.masking.count, total - 1), total)
     return [make_mask(recipe.masking.kind, valid, grid, counts, generator=g) for g in gen_seeds]
-
-
-class Progress:
-    """A one-line progress report on stderr (main process only)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0, self.last = total, enabled, time.time(), 0.0
-
-    def update(self, step: int, text: str, force: bool = False) -> None:
-        now = time.time()
-        if not self.enabled or (not force and now - self.last < 1.0):
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        line = f"step {step}/{self.total} {text} | {rate:.2f} steps/s | ETA {eta / 60:.1f} min"
-        end = "\r" if sys.stderr.isatty() and not force else "\n"
-        print(line, file=sys.stderr, end=end, flush=True)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -324,20 +265,21 @@ def _features(batch: dict[str, Any], stream: ShardStream, device: torch.device) 
 def train(recipe: Recipe) -> Path:
     """Run (or resume) pretraining as the recipe says; returns the export directory."""
     run_dir = recipe.run_dir
-    acc = make_accelerator(recipe, run_dir)
+    acc = make_accelerator(recipe.train.mixed_precision, run_dir)
     is_main = acc.is_main_process
     shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe)
     valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe) if recipe.data.valid else None
-    normalization = resolve_normalization(recipe)
+    f = recipe.features
+    normalization = resolve_normalization(f.mean, f.std, f.stats, Normalization)
     set_seed(recipe.train.seed)
     encoder = build_encoder(recipe, normalization, {"shards": shards.source, "num_samples": shards.num_samples})
     if recipe.model.gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)
     model = Pretrainer(encoder, recipe.objective.nce_weight, recipe.objective.mse_weight)
-    heads = Path(recipe.model.init_from or "") / "heads.safetensors"
+    heads = Path(recipe.model.init_from or "") / HEADS_NAME
     if recipe.model.init_from and heads.is_file():  # continue pretraining with the exported heads
         load_state_strict(model.objective, load_file(str(heads)), str(heads))
-    optimizer = build_optimizer(recipe, model)
+    optimizer = make_optimizer(recipe, model)
     model, optimizer = acc.prepare(model, optimizer)
     core: Pretrainer = acc.unwrap_model(model)
     schedule = LRSchedule(optimizer, recipe)
@@ -377,7 +319,7 @@ def train(recipe: Recipe) -> Path:
     )
     stream = ShardStream(shards, mode="train", num_workers=recipe.data.num_workers,
                          shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
-    progress = Progress(t.max_steps, is_main)
+    progress = Progress(t.max_steps, "pretrain", initial=state.step, enabled=is_main)
     window: dict[str, list[float]] = {}
     val_metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
@@ -420,10 +362,10 @@ def train(recipe: Recipe) -> Path:
             samples_log += fbank.shape[0] * world
             if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
                 state.corrupt_samples += len(batch["corrupt_keys"])
-                corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
+                corrupt_list.extend(batch["corrupt_keys"][: max(0, t.max_corrupt_listed - len(corrupt_list))])
                 if is_main:
-                    print(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): {batch['corrupt_keys'][0]}",
-                          file=sys.stderr)
+                    progress.write(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): "
+                                   f"{batch['corrupt_keys'][0]}")
         grad_norm = float("nan")
         if bad:
             optimizer.zero_grad(set_to_none=True)
@@ -431,7 +373,7 @@ def train(recipe: Recipe) -> Path:
             state.skipped_steps += 1
             if is_main:
                 log.warning("step %d: non-finite loss on some rank; step skipped on every rank", state.step)
-                print(f"warning: step {state.step}: non-finite loss, step skipped", file=sys.stderr)
+                progress.write(f"warning: step {state.step}: non-finite loss, step skipped")
             if state.nonfinite_in_a_row >= t.max_nonfinite:
                 raise TrainingError(
                     f"{state.nonfinite_in_a_row} non-finite losses in a row at step {state.step}; aborting "
@@ -461,18 +403,22 @@ def train(recipe: Recipe) -> Path:
             acc.log(logs, step=state.step)
             history.append({"step": state.step, **means})
             progress.update(state.step, f"loss {means['loss']:.3f} (d {means['loss_d']:.3f} g {means['loss_g']:.4f}) "
-                                        f"acc {means['acc']:.3f} lr {lr:.2e}", force=not sys.stderr.isatty())
+                                        f"acc {means['acc']:.3f} lr {lr:.2e}", log=True)
             window, t_log, samples_log = {}, now, 0
+        else:
+            progress.update(state.step)
         if valid is not None and (state.step % t.val_every == 0 or state.step == t.max_steps):
             val_metrics = validate(acc, recipe, core, valid, stream_kw)
             acc.log(val_metrics, step=state.step)
             if schedule.report(val_metrics["val/acc"]) and is_main:
-                print(f"pretrain: validation plateau, LR scale now {schedule.scale}", file=sys.stderr)
+                progress.write(f"pretrain: validation plateau, LR scale now {schedule.scale}")
             if is_main:
-                print(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} acc {val_metrics['val/acc']:.4f}", file=sys.stderr)
+                progress.write(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} "
+                               f"acc {val_metrics['val/acc']:.4f}")
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
 
+    progress.close()
     if keys_file is not None:
         keys_file.close()
     # DDP sanity check: every rank must hold the same parameters at the end.
@@ -487,7 +433,7 @@ def train(recipe: Recipe) -> Path:
         core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking)}})
         if t.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
-            save_file(heads, str(export / "heads.safetensors"))
+            save_file(heads, str(export / HEADS_NAME))
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
                    "corrupt_list": corrupt_list,
