@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from pretrain.encoder import Encoder
-from pretrain.patches import samples_for_frames, valid_patches
+from pretrain.patches import valid_patches
 
 from .predict import window_features, windows
 
@@ -46,7 +46,7 @@ class HearModel(nn.Module):
         self.timestamp_embedding_size: int = int(encoder.dim)
         self.batch_size = batch_size
         f = encoder.config.features
-        self.window = samples_for_frames(encoder.config.input_frames, f.frame_length, f.frame_shift)
+        self.window = f.num_samples(encoder.config.input_frames)
         column = encoder.config.stride[0] * f.frame_shift  # samples between patch columns
         self.shifts = max(1, math.ceil(column * 1000.0 / self.sample_rate / MAX_HOP_MS))
         self.shift = column // self.shifts  # samples between timestamps

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from core.jsonio import write_json_atomic
 from pretrain.data import DataError, ShardSet, resolve_shards
 from pretrain.encoder import Encoder
 from pretrain.evaluation.embed import (
@@ -30,7 +31,6 @@ from pretrain.evaluation.embed import (
 from pretrain.evaluation.linear import CLASSIFIERS
 from pretrain.evaluation.protocol import carve_valid, evaluate, select
 from pretrain.evaluation.scores import chance
-from pretrain.jsonio import write_json_atomic
 
 from .heads import load_encoder
 
