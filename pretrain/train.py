@@ -34,6 +34,7 @@ from core.schedule import warmup_cosine_lr
 from .config import ObjectiveSection, Recipe, save_recipe
 from .data import ShardSet, ShardStream, make_loader, resolve_shards
 from .encoder import HEADS_NAME, Encoder, EncoderConfig, load_state_strict
+from .evaluation.online import OnlineProbe
 from .features import FeatureConfig, Normalization, resolve_normalization
 from .masking import make_mask, mask_count_for
 from .objective import SSASTObjective, patch_targets
@@ -328,6 +329,7 @@ def train(recipe: Recipe) -> Path:
     t_log, samples_log = time.time(), 0
     corrupt_list: list[str] = []
     keys_file = open(run_dir / f"keys_rank{rank}.txt", "a") if t.record_keys else None  # noqa: SIM115
+    probe = OnlineProbe(recipe.eval.probe_sets, recipe.eval.probe_every, recipe.eval.probe_max_clips)
 
     while state.step < t.max_steps:
         if it is None or state.batch_in_epoch >= batches_per_epoch:
@@ -415,6 +417,8 @@ def train(recipe: Recipe) -> Path:
             if is_main:
                 progress.write(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} "
                                f"acc {val_metrics['val/acc']:.4f}")
+        if probe.due(state.step, t.max_steps):
+            probe.run(acc, core.encoder, state.step, progress.write)
         if t.checkpoint_every and state.step % t.checkpoint_every == 0:
             save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
 
@@ -430,7 +434,8 @@ def train(recipe: Recipe) -> Path:
         trained = {"shards": shards.source, "num_samples": shards.num_samples, "steps": state.step,
                    "hours_seen": state.seconds_seen / 3600, "recipe": recipe.to_dict()}
         core.encoder.config.trained_on = {k: v for k, v in trained.items() if k != "recipe"}
-        core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking)}})
+        core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking),
+                                                                     "online_probe": probe.last}})
         if t.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
             save_file(heads, str(export / HEADS_NAME))
@@ -438,7 +443,8 @@ def train(recipe: Recipe) -> Path:
                    "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
                    "corrupt_list": corrupt_list,
                    "processes": world, "rank_param_checksums": checksums,
-                   "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
+                   "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history,
+                   "probe": probe.history}
         write_json_atomic(run_dir / "metrics.json", metrics)
         print(f"pretrain: done, {state.step} steps; encoder exported to {export}", file=sys.stderr)
     acc.end_training()
