@@ -28,7 +28,8 @@ def cmd_evaluate(args) -> None:
     from .config import load_finetune_recipe
     from .heads import Classifier
     from .metrics import compute_metrics
-    from .train import check_vocabulary, predict_shards
+    from .session import check_vocabulary
+    from .train import predict_shards
 
     model = Classifier.from_pretrained(args.model)
     recipe = load_finetune_recipe(None, [f"data.target_frames={model.target_frames}",

@@ -82,9 +82,14 @@ class Classifier(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.kind == "multi_label" else torch.softmax(logits, -1)
 
+    def head_keys(self) -> dict[str, str]:
+        """Where the head's norm and Linear sit in this model's weights (read by the Hugging Face export)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return {"norm": names[id(self.head[0])], "linear": names[id(self.head[-1])]}
+
     def task_config(self, target_frames: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"labels": self.labels, "kind": self.kind, "pooling": self.pooling, "head_norm": self.head_norm,
-                "target_frames": target_frames} | (extra or {})
+                "head_keys": self.head_keys(), "target_frames": target_frames} | (extra or {})
 
     def save_pretrained(self, directory: str | os.PathLike, target_frames: int,
                         extra: dict[str, Any] | None = None) -> Path:

@@ -30,6 +30,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 HEADS_NAME = "heads.safetensors"  # the SSAST pretraining heads (continued pretraining)
 CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"  # an imported AST checkpoint's classifier
+# Where a classifier head's LayerNorm and Linear sit in classifier_head.safetensors and in a fine-tuned model's
+# weights (a fine-tuned export also records its own in config.json ``task.head_keys``).
+CLASSIFIER_HEAD_KEYS = {"norm": "head.0", "linear": "head.2"}
 # Sections of config.json that other stages add and the Encoder itself does not read.
 EXTRA_SECTIONS = ("task", "pretraining", "heads")
 
@@ -109,7 +112,7 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    """``Encoder(config)(fbank, mask=None)`` -> per-patch features; see DESIGN's Encoder contract."""
+    """``Encoder(config)(fbank, mask=None)`` -> per-patch features; see the Encoder contract in ARCHITECTURE.md."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()

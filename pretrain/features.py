@@ -12,7 +12,7 @@ log floored at float32 epsilon). ``fbank_reference`` is that call itself, kept a
 Features are laid out ``(batch, frames, mel)``. Padding frames are zeros *before* normalization, as
 SSAST/AST/HF do, so after ``normalize`` they become ``+mean / (2 * std)``. ``pad_or_crop`` brings
 fbanks to a fixed number of frames (SSAST's tail pad / cut; random crops for training) and
-``RunningStats`` accumulates a dataset's mean/std over real frames.
+``RunningStats`` (in :mod:`pretrain.stats`) accumulates a dataset's mean/std over real frames.
 
 Parity: max abs difference to torchaudio ≤ 1e-6 typically, ≤ ~1e-4 in the worst low band (tests
 demand ≤ 1e-3): every float32 operation on the frame samples is kaldi's, in kaldi's order, because
@@ -27,16 +27,11 @@ bit of the samples. Deliberate differences:
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from core.recipe import RecipeError
 
 from .config import ModelSection
 
@@ -150,23 +145,6 @@ class Normalization:
     def from_dict(cls, data: dict) -> Normalization:
         """Inverse of ``to_dict``; an unknown key is an error naming it and the valid keys."""
         return _strict_from_dict(cls, data)
-
-
-def resolve_normalization(mean: float | None, std: float | None, stats: str | None,
-                          fallback: Callable[[], Normalization]) -> Normalization:
-    """The recipe's ``features`` normalization: ``mean``/``std`` given together, else a ``stats`` JSON
-    (``python -m pretrain stats``), else ``fallback()`` (AudioSet's, the encoder's, or computed)."""
-    if (mean is None) != (std is None):
-        raise RecipeError("features.mean and features.std must be given together")
-    if mean is not None and std is not None:
-        return Normalization(mean=mean, std=std)
-    if stats:
-        try:
-            s = json.loads(Path(stats).read_text())
-            return Normalization(mean=float(s["mean"]), std=float(s["std"]))
-        except (OSError, KeyError, TypeError, ValueError) as e:
-            raise RecipeError(f"features.stats {stats}: cannot read mean/std ({e})") from e
-    return fallback()
 
 
 def _strict_from_dict(cls, data: dict):
@@ -539,69 +517,3 @@ def model_input(
     feats, frames = fbank(waves, lengths, config)
     feats, frames = pad_or_crop(feats, frames, target_frames, crop="start")
     return normalize(feats, norm), frames
-
-
-class RunningStats:
-    """Mean and std of un-normalized fbank values over real (non-padded) frames, mergeable.
-
-    Exact over every value seen (float64 sum, sum of squares and count), unlike AST's
-    ``get_norm_stats.py`` which averages per-batch means and stds. Merge the partial stats of
-    several workers or ranks with ``merge`` (or all-reduce ``to_tensor()`` and ``from_tensor``).
-    """
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.total_sq = 0.0
-        self.count = 0
-
-    def update(self, features: Tensor, num_frames: Tensor | None = None) -> RunningStats:
-        """Add ``(B, T, F)`` (or ``(T, F)``) fbanks; only the first ``num_frames[b]`` frames count."""
-        if features.dim() == 2:
-            features = features.unsqueeze(0)
-        if features.dim() != 3:
-            raise ValueError(f"RunningStats.update expects (B, T, F) features, got {tuple(features.shape)}")
-        x = features.detach().to(torch.float64)
-        if num_frames is not None:
-            num_frames = torch.as_tensor(num_frames, device=x.device).long()
-            real = torch.arange(x.shape[1], device=x.device) < num_frames[:, None]
-            x = x * real[:, :, None]
-            count = int(num_frames.clamp(0, x.shape[1]).sum()) * x.shape[2]
-        else:
-            count = x.numel()
-        self.total += float(x.sum())
-        self.total_sq += float(x.square().sum())
-        self.count += count
-        return self
-
-    def merge(self, other: RunningStats) -> RunningStats:
-        """Add another accumulator's values into this one (in place) and return self."""
-        self.total += other.total
-        self.total_sq += other.total_sq
-        self.count += other.count
-        return self
-
-    def to_tensor(self) -> Tensor:
-        """``[sum, sum of squares, count]`` in float64, e.g. for an all-reduce across ranks."""
-        return torch.tensor([self.total, self.total_sq, float(self.count)], dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, values: Tensor) -> RunningStats:
-        stats = cls()
-        stats.total, stats.total_sq, count = (float(v) for v in values.tolist())
-        stats.count = int(round(count))
-        return stats
-
-    @property
-    def mean(self) -> float:
-        if self.count == 0:
-            raise ValueError("RunningStats: no values seen yet")
-        return self.total / self.count
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation (numpy's default, ddof=0)."""
-        mean = self.mean
-        return math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
-
-    def normalization(self) -> Normalization:
-        return Normalization(mean=self.mean, std=self.std)

@@ -1,6 +1,6 @@
 """Patch grid geometry: grid size, patchify/unpatchify, valid (non-padding) patches, position embeddings.
 
-Conventions (DESIGN): input fbank ``(B, T, F)``; a patch covers ``pt`` frames x ``pf`` mel bins;
+Conventions (ARCHITECTURE.md, patch grid): input fbank ``(B, T, F)``; a patch covers ``pt`` frames x ``pf`` mel bins;
 stride ``(st, sf)``; grid ``(nt, nf)``; token order time-major ``index = t * nf + f``; inside a
 patch, values are ordered time-major too (``(i, j) -> i * pf + j``, i = frame, j = mel bin).
 """
@@ -75,3 +75,16 @@ def resize_pos_embed(
             size[axis] = new
             x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).reshape(1, nt * nf, d)
+
+
+# SSAST/AST order their tokens frequency-major; these convert (each is the other's inverse).
+def freq_to_time_major(x: torch.Tensor, nf: int, nt: int, dim: int = 1) -> torch.Tensor:
+    """Reorder ``nf * nt`` tokens along ``dim`` from index ``f * nt + t`` to ``t * nf + f``."""
+    shape = list(x.shape)
+    y = x.reshape(shape[:dim] + [nf, nt] + shape[dim + 1 :]).transpose(dim, dim + 1)
+    return y.reshape(shape).contiguous()
+
+
+def time_to_freq_major(x: torch.Tensor, nt: int, nf: int, dim: int = 1) -> torch.Tensor:
+    """Inverse of :func:`freq_to_time_major`: index ``t * nf + f`` -> ``f * nt + t``."""
+    return freq_to_time_major(x, nt, nf, dim)

@@ -23,7 +23,8 @@ from finetune.__main__ import main as finetune_main
 from finetune.config import load_finetune_recipe
 from finetune.heads import Classifier, layer_decay_groups, load_encoder
 from finetune.predict import predict
-from finetune.train import FoldWeight, epoch_lr, finetune, finetune_all, predict_shards
+from finetune.session import FoldWeight
+from finetune.train import epoch_lr, finetune, finetune_all, predict_shards
 from pretrain.data import resolve_shards
 from pretrain.encoder import Encoder, EncoderConfig, ExportError
 
