@@ -131,14 +131,22 @@ class _PooledSums:
             self.count = torch.cat([self.count, torch.zeros(extra, dtype=torch.float64)])
             self.s1 = [torch.cat([s, s.new_zeros(extra, s.shape[1])]) for s in self.s1]
             self.s2 = [torch.cat([s, s.new_zeros(extra, s.shape[1])]) for s in self.s2]
-        # float64 throughout: the std is sqrt(E[h²] - E[h]²), which cancels badly in float32 when |mean| >> std
-        w = weights.double()
+        # Per window in float32: the weighted sum and the sum of squares about the window's own mean (no
+        # cancellation); windows are combined per clip in float64 (sum of squares = q + s1² / count).
+        w = weights.float()
+        cw = w.sum(1, keepdim=True)  # (W, 1) real patches per window
         ids = ids.cpu()
+        clips = torch.unique(ids)  # sorted, distinct: plain indexed += is exact (index_add_ is slow on CPU)
+        onehot = (clips[:, None] == ids[None, :]).double().to(w.device)  # (clips, windows)
         for layer, h in enumerate(values):
-            h = h.double()
-            self.s1[layer].index_add_(0, ids, torch.einsum("wn,wnd->wd", w, h).cpu())
-            self.s2[layer].index_add_(0, ids, torch.einsum("wn,wnd->wd", w, h * h).cpu())
-        self.count.index_add_(0, ids, w.sum(1).cpu())
+            h = h.float()
+            s1 = torch.einsum("wn,wnd->wd", w, h)
+            centred = h - (s1 / cw.clamp_min(1.0)).unsqueeze(1)
+            q = torch.einsum("wn,wnd->wd", w, centred * centred)
+            s1, q = s1.double(), q.double()
+            self.s1[layer][clips] += (onehot @ s1).cpu()
+            self.s2[layer][clips] += (onehot @ (q + s1 * s1 / cw.double().clamp_min(1.0))).cpu()
+        self.count[clips] += (onehot @ cw[:, 0].double()).cpu()
 
     def result(self, n: int, names: list[str]) -> PooledLayers:
         c = self.count[:n, None].clamp_min(1.0)
