@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install -c constraints.txt -e '.[dev,hf]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev,hf,plot]'
 	touch $(STAMP)
 
 demo: $(STAMP)

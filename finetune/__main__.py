@@ -1,4 +1,4 @@
-"""CLI: ``python -m finetune {train, evaluate, predict, embed, compare}`` (train also under accelerate launch)."""
+"""CLI: ``python -m finetune {train, evaluate, predict, embed, compare, probe}`` (train also under accelerate launch)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,12 @@ def cmd_compare(args) -> None:
     compare(args.recipe, args.encoder, args.set)
 
 
+def cmd_probe(args) -> None:
+    from .probe import main_args
+
+    main_args(args)
+
+
 def _summary(res: dict) -> dict:
     if "folds" in res:
         return res
@@ -109,6 +115,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--encoder", required=True)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("probe", help="linear-evaluation suite: every layer of frozen encoders, baselines, chosen on valid")
+    p.add_argument("--model", action="append", required=True, help="an export directory (repeatable)")
+    p.add_argument("--task", action="append", required=True, metavar="NAME=SHARDS_DIR",
+                   help="labeled shards with train/ and test/ (valid/ optional; else carved from train by group)")
+    p.add_argument("--random-init", action="store_true", help="add each model's random-init twin (seed 0)")
+    p.add_argument("--baseline", action="append", default=[], choices=["logmel"],
+                   help="logmel: mean+std of the log-mel bands through the same probe")
+    p.add_argument("--layers", default="all", help="all, last, or layer names (1,2,out)")
+    p.add_argument("--pooling", default="mean,meanstd", help="mean and/or meanstd over the real patches")
+    p.add_argument("--classifier", default="ridge", choices=["ridge", "logistic"])
+    p.add_argument("--group-by", default="source", help="valid carving groups: source, dir, or a json field")
+    p.add_argument("--max-clips", type=int, default=None, help="first N clips of each split")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--out", default=None, help="directory for probe.json and probe.png")
+    p.set_defaults(func=cmd_probe)
     args = ap.parse_args(argv)
     run_command(args.func, args, user_errors)
 

@@ -12,23 +12,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-
-def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-    """AP of one class (area under the precision-recall curve, sklearn's step definition); NaN without positives."""
-    pos = targets > 0.5
-    n_pos = int(pos.sum())
-    if n_pos == 0:
-        return math.nan
-    order = np.argsort(-scores, kind="mergesort")
-    s, p = scores[order], pos[order]
-    tp = np.cumsum(p)
-    # evaluate only at the last index of each distinct score (ties count together)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tp_at, k_at = tp[last], last + 1
-    precision = tp_at / k_at
-    recall = tp_at / n_pos
-    prev_recall = np.r_[0.0, recall[:-1]]
-    return float(np.sum((recall - prev_recall) * precision))
+from pretrain.evaluation.scores import average_precision  # one AP for fine-tuning and probes
 
 
 def roc_auc(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -98,6 +98,13 @@ class TrainSection:
 
 
 @dataclass
+class EvalSection:
+    probe_sets: list[str] = field(default_factory=list)  # online probe: "name=DIR" labeled shards (train/, test/, valid/ optional)
+    probe_every: int = 1000  # steps between online probes (0 = only at the end)
+    probe_max_clips: int | None = 2000  # clips read per split of each probe set (None = all)
+
+
+@dataclass
 class Recipe(RecipeBase):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
@@ -107,6 +114,7 @@ class Recipe(RecipeBase):
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     run: RunSection = field(default_factory=lambda: RunSection(name="pretrain"))
 
 

@@ -45,6 +45,8 @@ LIMITS: dict[str, Limit] = {
     "train.keep_checkpoints": AT_LEAST_1,
     "train.max_nonfinite": AT_LEAST_1,
     "train.max_corrupt_listed": AT_LEAST_0,
+    "eval.probe_every": AT_LEAST_0,
+    "eval.probe_max_clips": AT_LEAST_1,
 }
 
 

@@ -30,6 +30,7 @@ from .checkpoint import TrainingError, open_keys_file, save_checkpoint
 from .config import Recipe
 from .data import ShardSet, ShardStream, make_loader
 from .encoder import HEADS_NAME
+from .evaluation.online import OnlineProbe
 from .session import Session, setup
 from .ssast import Pretrainer, build_masks, step_generator
 
@@ -93,6 +94,7 @@ def train(recipe: Recipe) -> Path:
     keys_lines = s.state.step * t.grad_accum * t.batch_size  # every micro-batch of a training stream is full
     keys_path = s.run_dir / f"keys_rank{s.acc.process_index}.txt"
     keys_file = open_keys_file(keys_path, keys_lines) if t.record_keys else None
+    probe = OnlineProbe(recipe.eval.probe_sets, recipe.eval.probe_every, recipe.eval.probe_max_clips)
     batches = None
     while s.state.step < t.max_steps:
         if batches is None or s.state.batch_in_epoch >= s.batches_per_epoch:
@@ -109,12 +111,14 @@ def train(recipe: Recipe) -> Path:
             progress.update(s.state.step)
         if s.valid is not None and (s.state.step % t.val_every == 0 or s.state.step == t.max_steps):
             _validate(s, tally, progress)
+        if probe.due(s.state.step, t.max_steps):  # frozen encoder, main process; the stream is untouched
+            probe.run(s.acc, s.core.encoder, s.state.step, progress.write)
         if t.checkpoint_every and s.state.step % t.checkpoint_every == 0:
             _checkpoint(s, tally, keys_file)
     progress.close()
     if keys_file is not None:
         keys_file.close()
-    return _finish(s, tally)
+    return _finish(s, tally, probe)
 
 
 def _checkpoint(s: Session, tally: Tally, keys_file) -> None:
@@ -222,7 +226,7 @@ def _validate(s: Session, tally: Tally, progress: Progress) -> None:
                        f"acc {tally.validation['val/acc']:.4f}")
 
 
-def _finish(s: Session, tally: Tally) -> Path:
+def _finish(s: Session, tally: Tally, probe: OnlineProbe) -> Path:
     """Check that every rank holds the same weights; export the encoder (and heads) and the metrics."""
     acc, state, core, recipe = s.acc, s.state, s.core, s.recipe
     # DDP sanity check: every rank must hold the same parameters at the end.
@@ -235,7 +239,8 @@ def _finish(s: Session, tally: Tally) -> Path:
         trained = {"shards": s.shards.source, "num_samples": s.shards.num_samples, "steps": state.step,
                    "hours_seen": state.seconds_seen / 3600, "recipe": recipe.to_dict()}
         core.encoder.config.trained_on = {k: v for k, v in trained.items() if k != "recipe"}
-        core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking)}})
+        core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking),
+                                                                     "online_probe": probe.last}})
         if recipe.train.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
             save_file(heads, str(export / HEADS_NAME))
@@ -245,7 +250,7 @@ def _finish(s: Session, tally: Tally) -> Path:
                    "corrupt_list": [e for c in corrupt for e in c[1]][: recipe.train.max_corrupt_listed],
                    "processes": acc.num_processes, "rank_param_checksums": checksums,
                    "final_train": tally.history[-1] if tally.history else {}, "validation": tally.validation,
-                   "history": tally.history}
+                   "history": tally.history, "probe": probe.history}
         write_json_atomic(s.run_dir / "metrics.json", metrics)
         print(f"pretrain: done, {state.step} steps; encoder exported to {export}", file=sys.stderr)
     acc.end_training()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole pipeline on the built-in synthetic corpus.
-# synth -> shard -> inspect -> stats -> pretrain -> export -> fine-tune (probe + full) vs random init.
+# synth -> shard -> inspect -> stats -> pretrain -> export -> fine-tune (probe + full) vs random init
+# -> the linear-evaluation suite (every layer; random init and log-mel baselines).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 D=${DEMO_DIR:-demo}
@@ -40,5 +41,8 @@ if [ -f finetune/train.py ]; then
   $PY -m finetune compare --recipe recipes/finetune/demo.toml --encoder "$D/runs/demo/export" \
     --set data.train="$D/shards/train" --set data.valid="$D/shards/valid" --set data.test="$D/shards/test" \
     --set run.output_dir="$D/runs"
+  step "linear evaluation: every layer, pretrained vs random init vs log-mel (finetune probe)"
+  $PY -m finetune probe --model "$D/runs/demo/export" --task demo="$D/shards" --random-init --baseline logmel \
+    --out "$D/runs/probe"
 fi
 step "done"
