@@ -38,10 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# Elements of the per-step state slab (groups, batch·chunks, N, E): 2^18 fp32 = 1 MiB, about one L2.
-DEFAULT_SLAB_ELEMENTS = 1 << 18
-# The backward's recomputed-state buffer (Q positions of a chunk group) is capped near this size.
-BACKWARD_BUFFER_ELEMENTS = 1 << 23
+# Chunk length when none is given: the spacing of the states saved for the backward (their memory is
+# 1/CHECKPOINT_TOKENS of a full state history) and the length of the backward's recompute buffer.
+CHECKPOINT_TOKENS = 64
+# Chunks run side by side until one (groups, batch·chunks, N, E) slab holds this many numbers (256 KiB
+# in fp32, cache-resident): enough work per op to hide PyTorch's per-op overhead.
+SLAB_ELEMENTS = 1 << 16
 # The recursive pairing in linear_scan stops when the sequence is this short; the rest is a short loop.
 _BASE_LENGTH = 16
 _LOG2E = 1.0 / math.log(2.0)
@@ -90,19 +92,26 @@ def linear_scan(a: torch.Tensor, x: torch.Tensor, overwrite_x: bool = False) -> 
     return h[:, :length] if padded != length else h
 
 
-def chunk_tokens_for(batch: int, length: int, channels: int, state: int) -> int:
-    """Tokens per chunk ``Q`` such that the ``(batch·K, N, E)`` slab holds ~``DEFAULT_SLAB_ELEMENTS``."""
-    chunks = max(1, min(DEFAULT_SLAB_ELEMENTS // max(1, batch * channels * state), -(-length // 16)))
-    return -(-length // chunks)
+def plan_chunks(batch: int, length: int, channels: int, state: int, block_tokens: int | None = None) -> tuple[int, int, int]:
+    """``(Q, K, J)``: tokens per chunk, chunks (padded to a multiple of J), chunks per backward group.
+
+    ``J`` chunks run side by side so that one ``(groups, batch·J, N, E)`` slab holds about
+    ``SLAB_ELEMENTS`` numbers (small batches otherwise pay Python overhead per position).
+    """
+    per_row = max(1, batch * channels * state)
+    k0 = -(-length // (block_tokens or CHECKPOINT_TOKENS))
+    j = max(1, min(k0, SLAB_ELEMENTS // per_row))
+    k = -(-k0 // j) * j
+    return (block_tokens or -(-length // k)), k, j
 
 
 class _Layout:
-    """Chunked views: ``(Bt, L, F)`` ↔ ``(Q, G, M, F)`` with ``M = (Bt / G)·K``, position-major."""
+    """``(Bt, L, F)`` ↔ ``(Q, G, M, F)``: ``chunks`` chunks of ``chunk`` positions (the end padded with
+    zeros), ``M = (Bt / G)·chunks``, position-major: one step of the loop reads one contiguous slice."""
 
-    def __init__(self, batch: int, length: int, groups: int, chunk: int):
-        self.batch, self.length, self.groups, self.chunk = batch, length, groups, chunk
-        self.chunks = -(-length // chunk)
-        self.m = batch // groups * self.chunks
+    def __init__(self, batch: int, length: int, groups: int, chunk: int, chunks: int):
+        self.batch, self.length, self.groups, self.chunk, self.chunks = batch, length, groups, chunk, chunks
+        self.m = batch // groups * chunks
 
     def split(self, t: torch.Tensor) -> torch.Tensor:
         pad = self.chunks * self.chunk - self.length
@@ -110,7 +119,7 @@ class _Layout:
             t = F.pad(t, (0, 0, 0, pad))
         f = t.shape[-1]
         return t.reshape(self.batch, self.chunks, self.chunk, f).permute(2, 0, 1, 3).reshape(
-            self.chunk, self.groups, self.m, f)
+            self.chunk, self.groups, self.m, f).contiguous()
 
     def merge(self, t: torch.Tensor) -> torch.Tensor:
         f = t.shape[-1]
@@ -120,6 +129,41 @@ class _Layout:
     def by_chunk(self, t: torch.Tensor) -> torch.Tensor:
         """``(G, M, N, E)`` slab → ``(Bt, K, N, E)``, chunk index on dim 1 (a view)."""
         return t.view(self.batch, self.chunks, *t.shape[2:])
+
+
+class _GroupLayout:
+    """``(Bt, L, F)`` ↔ ``(K/J, Q, G, b·J, F)``: backward groups of ``J`` consecutive chunks."""
+
+    def __init__(self, batch: int, length: int, groups: int, chunk: int, chunks: int, per_group: int):
+        self.batch, self.length, self.groups = batch, length, groups
+        self.chunk, self.chunks, self.j = chunk, chunks, per_group
+        self.n = chunks // per_group
+
+    def split(self, t: torch.Tensor) -> torch.Tensor:
+        pad = self.chunks * self.chunk - self.length
+        if pad:
+            t = F.pad(t, (0, 0, 0, pad))
+        f = t.shape[-1]
+        t = t.reshape(self.batch, self.n, self.j, self.chunk, f).permute(1, 3, 0, 2, 4)
+        return t.reshape(self.n, self.chunk, self.groups, self.batch // self.groups * self.j, f).contiguous()
+
+    def merge(self, t: torch.Tensor) -> torch.Tensor:
+        f = t.shape[-1]
+        out = t.reshape(self.n, self.chunk, self.batch, self.j, f).permute(2, 0, 3, 1, 4)
+        return out.reshape(self.batch, self.chunks * self.chunk, f)[:, : self.length]
+
+
+_WORKSPACE: dict[str, torch.Tensor] = {}
+
+
+def _workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A reused scratch buffer: fresh multi-MB allocations cost a page fault per 4 KiB on first touch,
+    which made the per-position loops several times slower. One buffer per name is kept (the latest
+    shape); callers never hold two uses of one name at once."""
+    buf = _WORKSPACE.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = _WORKSPACE[name] = like.new_empty(shape)
+    return buf
 
 
 def _decay(d_q: torch.Tensor, a2t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -149,101 +193,97 @@ def _entry_states(lay: _Layout, d, x, Bq, a2t) -> torch.Tensor | None:
     return h_in.view(lay.groups, lay.m, *h_in.shape[2:])
 
 
-def _entry_adjoints(lay: _Layout, d, Cq, gyq, a2t) -> torch.Tensor | None:
-    """dLoss/d(state at the end of each chunk) through the later chunks (None for one chunk)."""
-    if lay.chunks == 1:
-        return None
-    q_len, groups, m, channels = d.shape
-    g = d.new_zeros(groups, m, a2t.shape[2], channels)
-    a = torch.empty_like(g)
-    for q in reversed(range(q_len)):  # local adjoint from zero; ends as a_0 ⊙ g_0 ("leaving" the chunk start)
-        g.addcmul_(Cq[q].unsqueeze(-1), gyq[q].unsqueeze(2)).mul_(_decay(d[q], a2t, a))
-    decay = lay.by_chunk(torch.mul(d.sum(0).unsqueeze(2), a2t).exp2_())
-    starts = lay.by_chunk(g)
-    acc = linear_scan(decay.flip(1), starts.flip(1), overwrite_x=True).flip(1)  # G_k = g_k + P_k G_{k+1}
-    g_in = torch.zeros_like(acc)
-    g_in[:, :-1] = acc[:, 1:]
-    return g_in.view(groups, m, *g_in.shape[2:])
-
-
 class _ChunkedScan(torch.autograd.Function):
     """``y_t = Σ_n C_t[n] h_t[n]`` (no D, no gate); inputs already in the compute dtype.
 
-    u, delta: ``(Bt, L, E)``; A: ``(G, E, N)``; B, C: ``(Bt, L, N)``; ``chunk``: tokens per chunk.
+    u, delta: ``(Bt, L, E)``; A: ``(G, E, N)``; B, C: ``(Bt, L, N)``; ``(Q, K, J)`` from :func:`plan_chunks`.
     """
 
     @staticmethod
-    def forward(ctx: Any, u, delta, A, B, C, chunk: int):  # type: ignore[override]
-        lay = _Layout(u.shape[0], u.shape[1], A.shape[0], chunk)
+    def forward(ctx: Any, u, delta, A, B, C, q_b: int, k_b: int, j: int):  # type: ignore[override]
+        batch, length, channels = u.shape
+        groups, state = A.shape[0], A.shape[2]
+        k_f = j  # forward chunks side by side: as many as the backward runs, each K/J backward chunks long
+        lay = _Layout(batch, length, groups, k_b // k_f * q_b, k_f)
         a2t = (A * _LOG2E).transpose(1, 2).unsqueeze(1).contiguous()  # (G, 1, N, E), E contiguous
         d, x, Bq, Cq = lay.split(delta), lay.split(delta * u), lay.split(B), lay.split(C)
         h_in = _entry_states(lay, d, x, Bq, a2t)
-        h = d.new_zeros(lay.groups, lay.m, A.shape[2], A.shape[1]) if h_in is None else h_in.clone()
-        gm = lay.groups * lay.m
+        h = d.new_zeros(groups, lay.m, state, channels) if h_in is None else h_in.clone()
+        starts = d.new_empty(batch, k_f, k_b // k_f, state, channels)  # state entering each backward chunk
+        h_rows = lay.by_chunk(h)
+        gm = groups * lay.m
         a = torch.empty_like(h)
-        y = d.new_empty(chunk, lay.groups, lay.m, A.shape[1])
-        for q in range(chunk):
+        y = _workspace("y", (lay.chunk, groups, lay.m, channels), d)
+        for q in range(lay.chunk):
+            if q % q_b == 0:
+                starts[:, :, q // q_b] = h_rows
             h.mul_(_decay(d[q], a2t, a)).addcmul_(Bq[q].unsqueeze(-1), x[q].unsqueeze(2))
-            torch.bmm(Cq[q].reshape(gm, 1, -1), h.view(gm, h.shape[2], -1), out=y[q].view(gm, 1, -1))
-        ctx.chunk = chunk
-        ctx.save_for_backward(u, delta, A, B, C, h_in)
+            torch.bmm(Cq[q].reshape(gm, 1, -1), h.view(gm, state, -1), out=y[q].view(gm, 1, -1))
+        ctx.plan = (q_b, k_b, j)
+        ctx.save_for_backward(u, delta, A, B, C, starts.view(batch, k_b, state, channels))
         return lay.merge(y)
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor):  # type: ignore[override]
-        u, delta, A, B, C, h_in = ctx.saved_tensors
-        lay = _Layout(u.shape[0], u.shape[1], A.shape[0], ctx.chunk)
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        q_b, k_b, j = ctx.plan
+        batch, length, channels = u.shape
+        groups, state = A.shape[0], A.shape[2]
+        lay = _GroupLayout(batch, length, groups, q_b, k_b, j)
         at = A.transpose(1, 2).unsqueeze(1).contiguous()
         a2t = at * _LOG2E
-        d, x, Bq, Cq = lay.split(delta), lay.split(delta * u), lay.split(B), lay.split(C)
-        gyq = lay.split(gy.to(u.dtype))
-        g_in = _entry_adjoints(lay, d, Cq, gyq, a2t)
-        grads = _backward_positions(lay, d, x, Bq, Cq, gyq, at, a2t, h_in, g_in)
-        dd, dx, dB, dC, dA = grads
-        du = lay.merge(dx) * delta
-        ddelta = lay.merge(dd) + lay.merge(dx) * u
-        return du, ddelta, dA, lay.merge(dB), lay.merge(dC), None
+        ins = [lay.split(t) for t in (delta, delta * u, B, C, gy.to(u.dtype))]
+        outs = [torch.empty_like(t) for t in ins[:4]]  # dΔ (decay part), d(Δu), dB, dC
+        acc = ins[0].new_zeros(groups, ins[0].shape[3], state, channels)
+        carry = None
+        for i in reversed(range(lay.n)):  # later chunks first: their adjoint flows into earlier ones
+            h0 = starts[:, i * j : (i + 1) * j].reshape(groups, -1, state, channels)
+            carry = _backward_group([t[i] for t in ins], at, a2t, h0, carry, j, [t[i] for t in outs], acc)
+        dd, dx, dB, dC = (lay.merge(t) for t in outs)
+        dA = acc.sum(1).transpose(1, 2)
+        return dx * delta, dd + dx * u, dA, dB, dC, None, None, None
 
 
-def _backward_positions(lay: _Layout, d, x, Bq, Cq, gyq, at, a2t, h_in, g_in):
-    """Recompute states and run the adjoint backwards through the chunk positions, chunk group by group."""
+def _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j) -> torch.Tensor:
+    """dLoss/d(state at the end of each of the group's J chunks), ``(G, b·J, N, E)``.
+
+    Local adjoints from zero give each chunk's "leaving its start" adjoint ``g_k``; then
+    ``G_k = g_{k+1} + P_{k+1} G_{k+1}`` from the last chunk, whose value is the carry from later groups.
+    """
     q_len, groups, m, channels = d.shape
-    state = at.shape[2]
-    dd, dx = torch.empty_like(d), torch.empty_like(d)
-    dB, dC = torch.empty_like(Bq), torch.empty_like(Cq)
-    dA = d.new_zeros(groups, state, channels)
-    per_m = max(1, BACKWARD_BUFFER_ELEMENTS // (q_len * groups * state * channels))
-    for m0 in range(0, m, per_m):
-        sl = slice(m0, min(m, m0 + per_m))
-        part = (d, x, Bq, Cq, gyq) if per_m >= m else (t[:, :, sl].contiguous() for t in (d, x, Bq, Cq, gyq))
-        outs = _backward_group(*part, at, a2t, None if h_in is None else h_in[:, sl],
-                               None if g_in is None else g_in[:, sl], dA)
-        for full, got in zip((dd, dx, dB, dC), outs):
-            full[:, :, sl] = got
-    return dd, dx, dB, dC, dA.transpose(1, 2)
+    state = a2t.shape[2]
+    g_in = d.new_zeros(groups, m // j, j, state, channels)
+    if carry is not None:
+        g_in[:, :, j - 1] = carry
+    if j == 1:
+        return g_in.view(groups, m, state, channels)
+    g = d.new_zeros(groups, m, state, channels)
+    for q in reversed(range(q_len)):
+        g.addcmul_(Cq[q].unsqueeze(-1), gyq[q].unsqueeze(2)).mul_(decays[q])
+    g = g.view(groups, m // j, j, state, channels)
+    decay = torch.mul(d.sum(0).unsqueeze(2), a2t).exp2_().view(groups, m // j, j, state, channels)
+    for k in range(j - 2, -1, -1):
+        torch.addcmul(g[:, :, k + 1], decay[:, :, k + 1], g_in[:, :, k + 1], out=g_in[:, :, k])
+    return g_in.view(groups, m, state, channels)
 
 
-def _backward_group(d, x, Bq, Cq, gyq, at, a2t, h_in, g_in, dA) -> tuple[torch.Tensor, ...]:
-    """One group of chunks (contiguous ``(Q, G, m, ·)`` inputs): ``(dΔ_decay, d(Δu), dB, dC)``; adds into dA."""
+def _backward_group(ins, at, a2t, h0, carry, j, outs, acc) -> torch.Tensor:
+    """One group of J consecutive chunks: recompute its states, run the adjoint backwards through its
+    positions, write ``(dΔ_decay, d(Δu), dB, dC)`` into ``outs``, add Σ Δ ⊙ dLoss/d(ΔA) into ``acc``;
+    returns the adjoint leaving the group's first chunk backwards, ``(G, b, N, E)``."""
+    d, x, Bq, Cq, gyq = ins
+    dd, dx, dB, dC = outs
     q_len, groups, m, channels = d.shape
     state = at.shape[2]
     gm = groups * m
-    dd, dx = torch.empty_like(d), torch.empty_like(d)
-    dB, dC = torch.empty_like(Bq), torch.empty_like(Cq)
-    hs = d.new_empty(q_len, groups, m, state, channels)  # states of every position of these chunks
-    a = d.new_empty(groups, m, state, channels)
-    prev = h_in
+    hs = _workspace("states", (q_len, groups, m, state, channels), d)  # states and decays of every position
+    decays = _workspace("decays", hs.shape, d)
+    prev = h0
     for q in range(q_len):
-        _decay(d[q], a2t, a)
-        if prev is None:
-            hs[q].zero_()
-        else:
-            torch.mul(a, prev, out=hs[q])
-        hs[q].addcmul_(Bq[q].unsqueeze(-1), x[q].unsqueeze(2))
+        torch.mul(_decay(d[q], a2t, decays[q]), prev, out=hs[q]).addcmul_(Bq[q].unsqueeze(-1), x[q].unsqueeze(2))
         prev = hs[q]
-    g = torch.zeros_like(a) if g_in is None else g_in.clone(memory_format=torch.contiguous_format)
-    w = torch.empty_like(a)
-    acc = torch.zeros_like(a)  # Σ_t Δ_t ⊙ dLoss/d(Δ_t A), reduced over the batch at the end
+    g = _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j)
+    w = torch.empty_like(g)
     for q in reversed(range(q_len)):
         g.addcmul_(Cq[q].unsqueeze(-1), gyq[q].unsqueeze(2))  # g = dLoss/dh_q
         g_mat = g.view(gm, state, channels)
@@ -252,15 +292,11 @@ def _backward_group(d, x, Bq, Cq, gyq, at, a2t, h_in, g_in, dA) -> tuple[torch.T
                   out=dC[q].view(gm, 1, state))
         torch.bmm(Bq[q].view(gm, 1, state), g_mat, out=dx[q].view(gm, 1, channels))
         torch.bmm(x[q].view(gm, 1, channels), g_mat.transpose(1, 2), out=dB[q].view(gm, 1, state))
-        g.mul_(_decay(d[q], a2t, a))  # a_q ⊙ g: the adjoint leaving position q backwards
-        if q == 0 and h_in is None:
-            dd[q].zero_()
-            continue
-        torch.mul(g, hs[q - 1] if q else h_in, out=w)  # dLoss/d(Δ_q A) = g_q ⊙ a_q ⊙ h_{q-1}
+        g.mul_(decays[q])  # a_q ⊙ g: the adjoint leaving position q backwards
+        torch.mul(g, hs[q - 1] if q else h0, out=w)  # dLoss/d(Δ_q A) = g_q ⊙ a_q ⊙ h_{q-1}
         acc.addcmul_(w, d[q].unsqueeze(2))
         torch.sum(w.mul_(at), dim=2, out=dd[q])
-    dA += acc.sum(1)
-    return dd, dx, dB, dC
+    return g.view(groups, m // j, j, state, channels)[:, :, 0]
 
 
 def _mamba_ssm_kernel() -> Any:
@@ -349,10 +385,9 @@ def selective_scan(
         delta_c = delta_c + rows(delta_bias)
     if delta_softplus:
         delta_c = F.softplus(delta_c)
-    chunk = block_tokens or chunk_tokens_for(batch, length, channels, state)
     y = _ChunkedScan.apply(
         u_c.contiguous(), delta_c.contiguous(), A.to(dtype), B.to(dtype).contiguous(), C.to(dtype).contiguous(),
-        chunk,
+        *plan_chunks(batch, length, channels, state, block_tokens),
     )
     if D is not None:
         y = y + u_c * rows(D)
