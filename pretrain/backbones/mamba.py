@@ -76,8 +76,8 @@ class MambaConfig:
     residual_in_fp32: bool = False
     pos_embed: bool = True
     layer_pairing: str = "none"
-    # "auto": mamba_ssm's CUDA kernel when installed and the model is on CUDA, else pure PyTorch;
-    # "torch": always the pure-PyTorch scan.
+    # "auto": mamba_ssm's selective-scan and causal_conv1d's conv kernels when installed and the model
+    # is on CUDA, else pure PyTorch; "torch": always the pure-PyTorch scan and conv.
     scan_impl: str = "auto"
     scan_block_tokens: int | None = None  # tokens per scan chunk (None: sized from a cache budget)
 
@@ -167,6 +167,14 @@ def _s4d_real_log(d_inner: int, d_state: int) -> torch.Tensor:
     return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
 
 
+def _causal_conv1d_kernel() -> Any:
+    try:
+        from causal_conv1d import causal_conv1d_fn  # type: ignore
+    except ImportError:
+        return None
+    return causal_conv1d_fn
+
+
 class BiMambaMixer(nn.Module):
     """Mamba-1 mixer with Vim's bidirectional variants; ``(B, L, D) -> (B, L, D)``."""
 
@@ -195,7 +203,11 @@ class BiMambaMixer(nn.Module):
         self.out_proj = nn.Linear(e, config.dim, bias=config.proj_bias)
 
     def _conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-        """Causal depthwise conv + SiLU on ``(B, L, E)``."""
+        """Causal depthwise conv + SiLU on ``(B, L, E)`` (``causal_conv1d``'s fused kernel on CUDA with
+        ``scan_impl="auto"`` when it is installed)."""
+        if self.config.scan_impl == "auto" and x.is_cuda and (kernel := _causal_conv1d_kernel()) is not None:
+            out = kernel(x.transpose(1, 2).contiguous(), conv.weight.squeeze(1), conv.bias, activation="silu")
+            return out.transpose(1, 2)
         length = x.shape[1]
         return F.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2))
 
