@@ -210,15 +210,18 @@ class _ChunkedScan(torch.autograd.Function):
         h_in = _entry_states(lay, d, x, Bq, a2t)
         h = d.new_zeros(groups, lay.m, state, channels) if h_in is None else h_in.clone()
         starts = d.new_empty(batch, k_f, k_b // k_f, state, channels)  # state entering each backward chunk
-        h_rows = lay.by_chunk(h)
-        gm = groups * lay.m
+        h_rows, h_mat = lay.by_chunk(h), h.view(-1, state, channels)
+        gm = h_mat.shape[0]
         a = torch.empty_like(h)
         y = _workspace("y", (lay.chunk, groups, lay.m, channels), d)
-        for q in range(lay.chunk):
+        # Per-position views made once (unbind) rather than by indexing inside the loop: fewer Python ops.
+        steps = zip(d.unsqueeze(3).unbind(0), Bq.unsqueeze(-1).unbind(0), x.unsqueeze(3).unbind(0),
+                    Cq.view(-1, gm, 1, state).unbind(0), y.view(-1, gm, 1, channels).unbind(0))
+        for q, (d_q, b_q, x_q, c_q, y_q) in enumerate(steps):
             if q % q_b == 0:
                 starts[:, :, q // q_b] = h_rows
-            h.mul_(_decay(d[q], a2t, a)).addcmul_(Bq[q].unsqueeze(-1), x[q].unsqueeze(2))
-            torch.bmm(Cq[q].reshape(gm, 1, -1), h.view(gm, state, -1), out=y[q].view(gm, 1, -1))
+            h.mul_(torch.mul(d_q, a2t, out=a).exp2_()).addcmul_(b_q, x_q)
+            torch.bmm(c_q, h_mat, out=y_q)
         ctx.plan = (q_b, k_b, j)
         ctx.save_for_backward(u, delta, A, B, C, starts.view(batch, k_b, state, channels))
         return lay.merge(y)
@@ -279,23 +282,29 @@ def _backward_group(ins, at, a2t, h0, carry, j, outs, acc) -> torch.Tensor:
     hs = _workspace("states", (q_len, groups, m, state, channels), d)  # states and decays of every position
     decays = _workspace("decays", hs.shape, d)
     prev = h0
-    for q in range(q_len):
-        torch.mul(_decay(d[q], a2t, decays[q]), prev, out=hs[q]).addcmul_(Bq[q].unsqueeze(-1), x[q].unsqueeze(2))
-        prev = hs[q]
+    for d_q, b_q, x_q, a_q, h_q in zip(d.unsqueeze(3).unbind(0), Bq.unsqueeze(-1).unbind(0),
+                                       x.unsqueeze(3).unbind(0), decays.unbind(0), hs.unbind(0)):
+        torch.mul(torch.mul(d_q, a2t, out=a_q).exp2_(), prev, out=h_q).addcmul_(b_q, x_q)
+        prev = h_q
     g = _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j)
+    g_mat, g_t = g.view(gm, state, channels), g.view(gm, state, channels).transpose(1, 2)
     w = torch.empty_like(g)
-    for q in reversed(range(q_len)):
-        g.addcmul_(Cq[q].unsqueeze(-1), gyq[q].unsqueeze(2))  # g = dLoss/dh_q
-        g_mat = g.view(gm, state, channels)
+    prevs = (h0, *hs.unbind(0)[:-1])
+    steps = zip(Cq.unsqueeze(-1).unbind(0), gyq.unsqueeze(3).unbind(0), gyq.view(-1, gm, 1, channels).unbind(0),
+                hs.view(-1, gm, state, channels).transpose(2, 3).unbind(0), dC.view(-1, gm, 1, state).unbind(0),
+                Bq.view(-1, gm, 1, state).unbind(0), dx.view(-1, gm, 1, channels).unbind(0),
+                x.view(-1, gm, 1, channels).unbind(0), dB.view(-1, gm, 1, state).unbind(0), decays.unbind(0),
+                prevs, d.unsqueeze(3).unbind(0), dd.unbind(0))
+    for c_q, gy_q, gy_row, h_t, dc_q, b_row, dx_q, x_row, db_q, a_q, h_prev, d_q, dd_q in reversed(list(steps)):
+        g.addcmul_(c_q, gy_q)  # g = dLoss/dh_q
         # Contractions over e as (1 x E) @ (E x N) on the transposed state: MKL's fast batched form.
-        torch.bmm(gyq[q].view(gm, 1, channels), hs[q].view(gm, state, channels).transpose(1, 2),
-                  out=dC[q].view(gm, 1, state))
-        torch.bmm(Bq[q].view(gm, 1, state), g_mat, out=dx[q].view(gm, 1, channels))
-        torch.bmm(x[q].view(gm, 1, channels), g_mat.transpose(1, 2), out=dB[q].view(gm, 1, state))
-        g.mul_(decays[q])  # a_q ⊙ g: the adjoint leaving position q backwards
-        torch.mul(g, hs[q - 1] if q else h0, out=w)  # dLoss/d(Δ_q A) = g_q ⊙ a_q ⊙ h_{q-1}
-        acc.addcmul_(w, d[q].unsqueeze(2))
-        torch.sum(w.mul_(at), dim=2, out=dd[q])
+        torch.bmm(gy_row, h_t, out=dc_q)
+        torch.bmm(b_row, g_mat, out=dx_q)
+        torch.bmm(x_row, g_t, out=db_q)
+        g.mul_(a_q)  # a_q ⊙ g: the adjoint leaving position q backwards
+        torch.mul(g, h_prev, out=w)  # dLoss/d(Δ_q A) = g_q ⊙ a_q ⊙ h_{q-1}
+        acc.addcmul_(w, d_q)
+        torch.sum(w.mul_(at), dim=2, out=dd_q)
     return g.view(groups, m // j, j, state, channels)[:, :, 0]
 
 
