@@ -77,8 +77,8 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
     from pretrain.encoder import Encoder, EncoderConfig
 
     torch.manual_seed(0)
-    if model == "mamba":
-        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml
+    if model.startswith("mamba"):
+        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml ("mamba-ckpt": with activation checkpointing)
         bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum")
         config = EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=1024)
     else:
@@ -86,6 +86,7 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
         config = EncoderConfig(backbone="vit", backbone_config=dict(dim=192, depth=12, num_heads=3,
                                                                     attention=attention), input_frames=1024)
     encoder = Encoder(config)
+    encoder.set_gradient_checkpointing(model.endswith("-ckpt"))
     encoder.train(train)
     fbank = torch.randn(1, 2 * tokens, 128)  # 128 mel / 16 = 8 rows: tokens = frames / 16 * 8
     with torch.no_grad():
@@ -171,20 +172,25 @@ def bench_targets(repeats: int, lengths: bool = True) -> None:
         print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
         return
     cells = {}
-    for model in ("mamba", "vit-sdpa"):
-        for tokens in (4096, 8192, 16384):
-            cells[model, tokens] = _subprocess(["encoder", model, str(tokens), "1"])
-    print("\n| forward+backward, batch 1, fp32 | mamba-tiny | vit-tiny SDPA | mamba / vit |\n|---|---|---|---|")
+    models = ("mamba", "mamba-ckpt", "vit-sdpa")
     for tokens in (4096, 8192, 16384):
-        m, v = cells["mamba", tokens], cells["vit-sdpa", tokens]
-        if "error" in m or "error" in v:
-            print(f"| {tokens} tokens | {m} | {v} | |")
+        for model in models:
+            cells[model, tokens] = _subprocess(["encoder", model, str(tokens), "1"])
+    print("\n| forward+backward, batch 1, fp32 | mamba-tiny | mamba-tiny, checkpointed | vit-tiny SDPA "
+          "| mamba / vit | mamba ckpt / vit |\n|---|---|---|---|---|---|")
+    for tokens in (4096, 8192, 16384):
+        m, c, v = (cells[k, tokens] for k in models)
+        if any("error" in r for r in (m, c, v)):
+            print(f"| {tokens} tokens | {m} | {c} | {v} | | |")
             continue
-        print(f"| {tokens} tokens: seconds | {m['seconds']:.2f} | {v['seconds']:.2f} | {m['seconds'] / v['seconds']:.2f} |")
-        print(f"| {tokens} tokens: peak MB (KB/token) | {m['peak_mb']:.0f} ({m['peak_mb'] * 1024 / tokens:.0f}) "
-              f"| {v['peak_mb']:.0f} ({v['peak_mb'] * 1024 / tokens:.0f}) | {m['peak_mb'] / v['peak_mb']:.2f} |")
-    if all("seconds" in cells["mamba", t] for t in (4096, 16384)):
-        print(f"\nmamba t16k / t4k = {cells['mamba', 16384]['seconds'] / cells['mamba', 4096]['seconds']:.2f}")
+        print(f"| {tokens} tokens: seconds | {m['seconds']:.2f} | {c['seconds']:.2f} | {v['seconds']:.2f} "
+              f"| {m['seconds'] / v['seconds']:.2f} | {c['seconds'] / v['seconds']:.2f} |")
+        print(f"| {tokens} tokens: peak MB (KB/token) | " + " | ".join(
+            f"{r['peak_mb']:.0f} ({r['peak_mb'] * 1024 / tokens:.0f})" for r in (m, c, v))
+            + f" | {m['peak_mb'] / v['peak_mb']:.2f} | {c['peak_mb'] / v['peak_mb']:.2f} |")
+    for model in models[:2]:
+        if all("seconds" in cells[model, t] for t in (4096, 16384)):
+            print(f"\n{model} t16k / t4k = {cells[model, 16384]['seconds'] / cells[model, 4096]['seconds']:.2f}")
     print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
 
 
