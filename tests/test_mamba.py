@@ -167,6 +167,16 @@ def test_grouped_scan_matches_two_oracle_scans(length, block, slab, monkeypatch)
         assert _rel(got, want) <= 1e-10, name
 
 
+def test_scan_results_do_not_share_scratch_buffers():
+    """A result stays valid after another call of the same shape (the scan reuses scratch buffers)."""
+    x = _scan_inputs(2, 40, 3, 4, torch.float64, seed=7)
+    A = -torch.exp(x["A_log"])
+    first = selective_scan(x["u"], x["delta"], A, x["B"], x["C"], impl="torch")
+    kept = first.detach().clone()
+    selective_scan(x["u"] * 2, x["delta"], A, x["B"], x["C"], impl="torch").sum().backward()
+    assert torch.equal(first.detach(), kept)
+
+
 def test_plan_chunks_fills_the_slab_and_pads_little():
     q, k, j = plan_chunks(8, 513, 384, 16)  # SSAMBA-tiny, batch 4, both directions: one chunk fills a slab
     assert (j, q * k >= 513, q * k - 513 < k) == (1, True, True)

@@ -213,7 +213,7 @@ class _ChunkedScan(torch.autograd.Function):
         h_rows, h_mat = lay.by_chunk(h), h.view(-1, state, channels)
         gm = h_mat.shape[0]
         a = torch.empty_like(h)
-        y = _workspace("y", (lay.chunk, groups, lay.m, channels), d)
+        y = d.new_empty(lay.chunk, groups, lay.m, channels)  # not a workspace: the result may be a view of it
         # Per-position views made once (unbind) rather than by indexing inside the loop: fewer Python ops.
         steps = zip(d.unsqueeze(3).unbind(0), Bq.unsqueeze(-1).unbind(0), x.unsqueeze(3).unbind(0),
                     Cq.view(-1, gm, 1, state).unbind(0), y.view(-1, gm, 1, channels).unbind(0))
