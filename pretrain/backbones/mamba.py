@@ -190,8 +190,16 @@ class BiMambaMixer(nn.Module):
         if self.config.scan_impl == "auto" and x.is_cuda and (kernel := _causal_conv1d_kernel()) is not None:
             out = kernel(x.transpose(1, 2).contiguous(), conv.weight.squeeze(1), conv.bias, activation="silu")
             return out.transpose(1, 2)
-        length = x.shape[1]
-        return F.silu(conv(x.transpose(1, 2))[..., :length].transpose(1, 2))
+        # As `width` shifted multiply-adds in the (B, L, E) layout: no transposes, and on CPU about twice
+        # as fast forward+backward as Conv1d's grouped kernel; the same sums as the conv.
+        length, width = x.shape[1], conv.weight.shape[-1]
+        w = conv.weight[:, 0].T  # (width, E)
+        xp = F.pad(x, (0, 0, width - 1, 0))
+        last = xp[:, width - 1 :]
+        y = last * w[-1] if conv.bias is None else torch.addcmul(conv.bias, last, w[-1])
+        for k in range(width - 1):
+            y = torch.addcmul(y, xp[:, k : k + length], w[k])
+        return F.silu(y)
 
     def _scan_inputs(self, u, x_proj, dt_proj) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(Δ before bias and softplus, B, C)`` of one direction."""
