@@ -331,10 +331,12 @@ def _per_group(p: torch.Tensor | None, groups: int, channels: int, name: str) ->
 def _kernel_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
     """mamba_ssm's ``selective_scan_fn`` (``(B, E, L)`` layout, one ``A`` per call), group by group."""
     groups = A.shape[0]
+    # The kernel wants delta, B, C and z in u's dtype (under autocast they can differ).
+    delta, B, C = (t.to(u.dtype) for t in (delta, B, C))
     outs = []
     for i, rows in enumerate(zip(*(t.chunk(groups) for t in (u, delta, B, C)))):
         u_i, d_i, b_i, c_i = (t.transpose(1, 2).contiguous() for t in rows)
-        z_i = None if z is None else z.chunk(groups)[i].transpose(1, 2).contiguous()
+        z_i = None if z is None else z.chunk(groups)[i].to(u.dtype).transpose(1, 2).contiguous()
         outs.append(kernel(
             u_i, d_i, A[i].float(), b_i, c_i, None if D is None else D[i].float(), z_i,
             None if delta_bias is None else delta_bias[i].float(), delta_softplus,
