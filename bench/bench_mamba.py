@@ -7,6 +7,13 @@ small warm-up call (the machine is shared: every size runs once).
 
     python bench/bench_mamba.py scan [--lengths 512 2048 8192]
     python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...]
+    flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only]   # issue 16
+
+``targets`` measures, in one run: the pretraining step of SSAMBA-tiny vs ViT-tiny (SDPA) with the
+project's ``Pretrainer`` (batch 4 x 1024 frames, 400 of 512 patches cluster-masked, one-pass objective,
+AdamW, fp32, one thread, interleaved rounds; wall and CPU seconds, medians and minima), then training
+memory per token at 8k tokens and forward+backward time at 4k and 16k tokens (batch 1, fresh
+subprocesses, as ``encoder``). The 16k cases need ~3 GB: run it under the big-memory lock.
 """
 
 from __future__ import annotations
@@ -70,8 +77,8 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
     from pretrain.encoder import Encoder, EncoderConfig
 
     torch.manual_seed(0)
-    if model == "mamba":
-        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml
+    if model.startswith("mamba"):
+        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml ("mamba-ckpt": with activation checkpointing)
         bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum")
         config = EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=1024)
     else:
@@ -79,6 +86,7 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
         config = EncoderConfig(backbone="vit", backbone_config=dict(dim=192, depth=12, num_heads=3,
                                                                     attention=attention), input_frames=1024)
     encoder = Encoder(config)
+    encoder.set_gradient_checkpointing(model.endswith("-ckpt"))
     encoder.train(train)
     fbank = torch.randn(1, 2 * tokens, 128)  # 128 mel / 16 = 8 rows: tokens = frames / 16 * 8
     with torch.no_grad():
@@ -92,6 +100,98 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
             encoder(fbank)
     elapsed = time.perf_counter() - t0
     return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
+
+
+def _step_models() -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from pretrain.backbones import make_backbone_config
+    from pretrain.encoder import Encoder, EncoderConfig
+    from pretrain.train import Pretrainer
+
+    models = {}
+    for name, bconf in (("vit-tiny (SDPA)", make_backbone_config("vit", "tiny", attention="sdpa")),
+                        ("mamba-tiny (SSAMBA)", make_backbone_config("mamba", "tiny", bimamba="v2",
+                                                                     cls_position="start", layer_pairing="sum"))):
+        torch.manual_seed(0)
+        backbone = "vit" if name.startswith("vit") else "mamba"
+        model = Pretrainer(Encoder(EncoderConfig(backbone=backbone, backbone_config=vars(bconf), input_frames=1024)))
+        models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))
+    return models
+
+
+def bench_step(repeats: int, batch: int = 4, frames: int = 1024, masked: int = 400) -> list[str]:
+    """One pretraining step per model per round, the order alternating between rounds; round 0 warms up."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sys.path.insert(0, str(ROOT))
+    from pretrain.masking import make_mask
+    from pretrain.patches import valid_patches
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, frames, 128)
+    grid = (frames // 16, 8)
+    valid = valid_patches(torch.full((batch,), frames), grid, (16, 16), (16, 16))
+    mask = make_mask("cluster", valid, grid, masked, generator=torch.Generator().manual_seed(0))
+    models = _step_models()
+    wall: dict[str, list[float]] = {k: [] for k in models}
+    cpu: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(repeats + 1):
+        for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            model, opt = models[k]
+            t0, c0 = time.perf_counter(), time.process_time()
+            model(x, [mask])["loss"].backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if r:
+                wall[k].append(time.perf_counter() - t0)
+                cpu[k].append(time.process_time() - c0)
+    base = next(iter(models))
+    rows = [f"| step, batch {batch} x {frames} frames, {masked}/512 masked | wall median s | wall min s | "
+            "CPU median s | x ViT-tiny (wall median) | x ViT-tiny (CPU median) |", "|---|---|---|---|---|---|"]
+    for k in models:
+        rows.append(f"| {k} | {statistics.median(wall[k]):.2f} | {min(wall[k]):.2f} | {statistics.median(cpu[k]):.2f} "
+                    f"| {statistics.median(wall[k]) / statistics.median(wall[base]):.2f} "
+                    f"| {statistics.median(cpu[k]) / statistics.median(cpu[base]):.2f} |")
+    return rows
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def bench_targets(repeats: int, lengths: bool = True) -> None:
+    load0 = _load()
+    print("\n".join(bench_step(repeats)), flush=True)
+    if not lengths:
+        print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
+        return
+    cells = {}
+    models = ("mamba", "mamba-ckpt", "vit-sdpa")
+    for tokens in (4096, 8192, 16384):
+        for model in models:
+            cells[model, tokens] = _subprocess(["encoder", model, str(tokens), "1"])
+    print("\n| forward+backward, batch 1, fp32 | mamba-tiny | mamba-tiny, checkpointed | vit-tiny SDPA "
+          "| mamba / vit | mamba ckpt / vit |\n|---|---|---|---|---|---|")
+    for tokens in (4096, 8192, 16384):
+        m, c, v = (cells[k, tokens] for k in models)
+        if any("error" in r for r in (m, c, v)):
+            print(f"| {tokens} tokens | {m} | {c} | {v} | | |")
+            continue
+        print(f"| {tokens} tokens: seconds | {m['seconds']:.2f} | {c['seconds']:.2f} | {v['seconds']:.2f} "
+              f"| {m['seconds'] / v['seconds']:.2f} | {c['seconds'] / v['seconds']:.2f} |")
+        print(f"| {tokens} tokens: peak MB (KB/token) | " + " | ".join(
+            f"{r['peak_mb']:.0f} ({r['peak_mb'] * 1024 / tokens:.0f})" for r in (m, c, v))
+            + f" | {m['peak_mb'] / v['peak_mb']:.2f} | {c['peak_mb'] / v['peak_mb']:.2f} |")
+    for model in models[:2]:
+        if all("seconds" in cells[model, t] for t in (4096, 16384)):
+            print(f"\n{model} t16k / t4k = {cells[model, 16384]['seconds'] / cells[model, 4096]['seconds']:.2f}")
+    print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
 
 
 def _subprocess(args: list[str]) -> dict:
@@ -142,12 +242,17 @@ def main() -> None:
     e.add_argument("--forward-tokens", type=int, nargs="+", default=[512, 2048, 4096, 8192, 16384, 22016])
     e.add_argument("--train-tokens", type=int, nargs="+", default=[512, 2048, 4096, 8192])
     e.add_argument("--models", nargs="+", default=["mamba", "vit-sdpa", "vit-naive"])
+    t = sub.add_parser("targets")
+    t.add_argument("--repeats", type=int, default=3)
+    t.add_argument("--step-only", action="store_true", help="only the pretraining step (< 3 GB, no lock needed)")
     c = sub.add_parser("case")  # internal: one measurement in this process
     c.add_argument("what", choices=["scan", "encoder"])
     c.add_argument("rest", nargs="+")
     args = parser.parse_args()
     if args.cmd == "scan":
         bench_scan(args.lengths, args.channels, args.state)
+    elif args.cmd == "targets":
+        bench_targets(args.repeats, lengths=not args.step_only)
     elif args.cmd == "encoder":
         bench_encoder(args.forward_tokens, args.train_tokens, args.models)
     elif args.what == "scan":

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.backbones import make_backbone_config
+from pretrain.backbones import selective_scan as scan_module
 from pretrain.backbones.mamba import BiMambaMixer, MambaBackbone, MambaConfig
-from pretrain.backbones.selective_scan import linear_scan, selective_scan
+from pretrain.backbones.selective_scan import linear_scan, plan_chunks, selective_scan
 from pretrain.encoder import Encoder, EncoderConfig
 
 
@@ -130,6 +131,93 @@ def test_selective_scan_rejects_bad_shapes():
         selective_scan(u, u, -torch.ones(3, 2), torch.randn(1, 5, 3), torch.randn(1, 5, 2))
     with pytest.raises(ValueError, match="block_tokens"):
         selective_scan(u, u, -torch.ones(3, 2), torch.randn(1, 5, 2), torch.randn(1, 5, 2), block_tokens=0)
+    with pytest.raises(ValueError, match="A must be"):  # 2 groups do not divide a batch of 1
+        selective_scan(u, u, -torch.ones(2, 3, 2), torch.randn(1, 5, 2), torch.randn(1, 5, 2))
+    with pytest.raises(ValueError, match="D must be"):
+        selective_scan(u, u, -torch.ones(3, 2), torch.randn(1, 5, 2), torch.randn(1, 5, 2), D=torch.ones(4))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("slab", [1, None])  # 1: one chunk per backward group (carried adjoint only)
+@pytest.mark.parametrize("length,block", [(1, None), (23, 5), (64, 7), (130, None), (97, 16)])
+def test_grouped_scan_matches_two_oracle_scans(length, block, slab, monkeypatch):
+    """Both directions in one call (A (2, E, N), D and bias (2, E)), lengths not divisible by the chunk,
+    chunk groups with and without a local-adjoint pass: values and every gradient, fp64."""
+    if slab is not None:
+        monkeypatch.setattr(scan_module, "SLAB_ELEMENTS", slab)
+    g = torch.Generator().manual_seed(length)
+    b, e, n = 2, 5, 3
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    u, delta, z = rnd(2 * b, length, e), rnd(2 * b, length, e), rnd(2 * b, length, e)
+    B, C = rnd(2 * b, length, n), rnd(2 * b, length, n)
+    A_log, D, bias = rnd(2, e, n), rnd(2, e), rnd(2, e)
+    params = [u, delta, z, B, C, A_log, D, bias]
+    y = selective_scan(u, delta, -torch.exp(A_log), B, C, D, z, bias, True, block_tokens=block, impl="torch")
+    y_ref = torch.cat([
+        naive_selective_scan(u[s], delta[s], -torch.exp(A_log[i]), B[s], C[s], D[i], z[s], bias[i], True)
+        for i, s in enumerate((slice(0, b), slice(b, 2 * b)))
+    ])
+    assert _rel(y, y_ref) <= 1e-10
+    gy = torch.randn_like(y)
+    for name, got, want in zip(["u", "delta", "z", "B", "C", "A_log", "D", "bias"], torch.autograd.grad(y, params, gy),
+                               torch.autograd.grad(y_ref, params, gy)):
+        assert _rel(got, want) <= 1e-10, name
+
+
+def test_scan_results_do_not_share_scratch_buffers():
+    """A result stays valid after another call of the same shape (the scan reuses scratch buffers)."""
+    x = _scan_inputs(2, 40, 3, 4, torch.float64, seed=7)
+    A = -torch.exp(x["A_log"])
+    first = selective_scan(x["u"], x["delta"], A, x["B"], x["C"], impl="torch")
+    kept = first.detach().clone()
+    selective_scan(x["u"] * 2, x["delta"], A, x["B"], x["C"], impl="torch").sum().backward()
+    assert torch.equal(first.detach(), kept)
+
+
+def test_plan_chunks_fills_the_slab_and_pads_little():
+    q, k, j = plan_chunks(8, 513, 384, 16)  # SSAMBA-tiny, batch 4, both directions: one chunk fills a slab
+    assert (j, q * k >= 513, q * k - 513 < k) == (1, True, True)
+    q, k, j = plan_chunks(2, 16385, 384, 16)  # batch 1: chunks side by side
+    assert j == scan_module.SLAB_ELEMENTS // (2 * 384 * 16) and k % j == 0 and q * k >= 16385
+    assert plan_chunks(2, 100, 4, 2, block_tokens=7)[0] == 7
+
+
+_PEAK_SCRIPT = """
+import os, resource, sys, torch
+torch.set_num_threads(1)
+from pretrain.backbones.selective_scan import selective_scan
+channels, state = 64, 64
+for length in map(int, sys.argv[1:]):
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g).requires_grad_()
+    u, d, B, C = rnd(2, length, channels), rnd(2, length, channels), rnd(2, length, state), rnd(2, length, state)
+    A = -torch.rand(2, channels, state, generator=g) - 0.5
+    y = selective_scan(u, d, A, B, C, delta_softplus=True, impl="torch")
+    gy = torch.randn_like(y)
+    base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    y.backward(gy)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, flush=True)
+    del u, d, B, C, y, gy
+"""
+
+
+@pytest.mark.timeout(300)
+def test_backward_peak_memory_grows_with_tokens_not_with_the_state_history():
+    """Peak RSS of the backward at 4k and 16k tokens (2 rows, E = N = 64, fp32): what it adds per extra
+    token must stay under half of what a kept state history costs (E·N floats per row and token)."""
+    import subprocess
+    import sys
+
+    lengths = (4096, 16384)
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, *map(str, lengths)], capture_output=True,
+                         text=True, check=True)
+    small, large = map(int, out.stdout.split())
+    history = 2 * (lengths[1] - lengths[0]) * 64 * 64 * 4  # bytes of the states of the extra tokens
+    assert large - small < history / 2, (small, large, history)
+    assert large < 2 * lengths[1] * 64 * 64 * 4 / 2, large  # and in absolute terms
 
 
 # ----- the mixer against the equations -----
