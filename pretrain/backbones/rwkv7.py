@@ -42,6 +42,7 @@ from torch import nn
 
 from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
+from .wkv7 import IMPLS as WKV_IMPLS
 from .wkv7 import LOG_DECAY_FLOOR, MAX_CHUNK_SIZE, wkv7, wkv7_bidirectional
 
 TOKEN_SHIFTS = ("dwconv3x3", "dwsep")
@@ -60,7 +61,8 @@ class RWKV7Config:
     pos_drop: float = 0.0  # dropout after the position embedding (A-RWKV: same value as drop_path)
     token_shift: str = "dwconv3x3"  # "dwconv3x3" (released code) | "dwsep" (depthwise + pointwise)
     bi_combine: str = "gate"  # "gate" (released code) | "sum"
-    chunk_size: int = 32  # WKV chunk length (the CUDA kernel's CHUNK_LEN is 16; 32 is faster on CPU)
+    chunk_size: int = 16  # WKV chunk length of the pure path (the CUDA kernel's CHUNK_LEN is 16)
+    wkv_impl: str = "auto"  # "auto": fla's Triton kernel on CUDA if installed, else pure | "pure" | "autograd"
     head_size_divisor: int = 8  # GroupNorm eps = 1e-5 * divisor^2, as x070
     ffn_bias: bool = True  # A-RWKV's channel-mix Linears have biases (upstream RWKV-7's do not)
     pos_resize: str = "ssast"  # how the position embedding adapts to other grids (patches.resize_pos_embed)
@@ -76,6 +78,8 @@ class RWKV7Config:
             raise ValueError(f"rwkv7: bi_combine {self.bi_combine!r} is not one of {BI_COMBINES}")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"rwkv7: chunk_size must be in [1, {MAX_CHUNK_SIZE}], got {self.chunk_size}")
+        if self.wkv_impl not in WKV_IMPLS:
+            raise ValueError(f"rwkv7: wkv_impl {self.wkv_impl!r} is not one of {WKV_IMPLS}")
         if self.pos_resize not in ("ssast", "interpolate"):
             raise ValueError(f"rwkv7: pos_resize {self.pos_resize!r} is not 'ssast' or 'interpolate'")
         if not (0.0 <= self.drop_path < 1.0 and 0.0 <= self.pos_drop < 1.0):
@@ -141,6 +145,7 @@ class TimeMix(nn.Module):
         c, n = cfg.dim, cfg.head_size
         h = c // n
         self.layer, self.heads, self.head_size, self.chunk_size = layer, h, n, cfg.chunk_size
+        self.wkv_impl = cfg.wkv_impl
         self.bi_combine = cfg.bi_combine
         depth = cfg.depth
         ratio_0_to_1 = layer / max(depth - 1, 1)
@@ -233,6 +238,7 @@ class TimeMix(nn.Module):
             kappa * heads(alpha),
             gate=gate,
             chunk_size=self.chunk_size,
+            impl=self.wkv_impl,
         )
         y = self.ln_x(y.reshape(bsz * length, c)).view(bsz, length, h, n)
         bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
