@@ -42,6 +42,7 @@ from torch import nn
 
 from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
+from .rwkv7_ops import lerp_matmul, sqrelu_linear
 from .wkv7 import IMPLS as WKV_IMPLS
 from .wkv7 import LOG_DECAY_FLOOR, MAX_CHUNK_SIZE, wkv7, wkv7_bidirectional
 
@@ -203,22 +204,24 @@ class TimeMix(nn.Module):
         bsz, length, c = x.shape
         h, n = self.heads, self.head_size
         xx = self.shift(x, grid)
-        xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
-        xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
-
-        r = self.receptance(xr)
+        # (x + xx * mu) @ W without keeping the six interpolated inputs (rwkv7_ops.lerp_matmul).
+        r = lerp_matmul(x, xx, self.x_r, self.receptance.weight.t())
         # log w = -e^-0.5 * sigmoid(d): the code's -softplus(-d) - 0.5 fed to exp(-exp(.)), in closed form.
-        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
-        k = self.key(xk)
-        v = self.value(xv)
+        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + torch.tanh(lerp_matmul(x, xx, self.x_w, self.w1)) @ self.w2)
+        k = lerp_matmul(x, xx, self.x_k, self.key.weight.t())
         if self.layer == 0:
+            v = lerp_matmul(x, xx, self.x_v, self.value.weight.t())
             v_first = v
         else:
             if v_first is None:
                 raise ValueError("rwkv7: layers after the first need v_first from layer 0")
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        alpha = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+            v, v_lora = lerp_matmul(x, xx, self.x_v, torch.cat([self.value.weight.t(), self.v1], 1)).split(
+                [c, self.v1.shape[1]], dim=-1
+            )
+            # contiguous: a view would keep the whole (C + D)-wide product alive for backward
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + v_lora.contiguous() @ self.v2)
+        alpha = torch.sigmoid(self.a0 + lerp_matmul(x, xx, self.x_a, self.a1) @ self.a2)
+        g = torch.sigmoid(lerp_matmul(x, xx, self.x_g, self.g1)) @ self.g2
 
         kappa = F.normalize((k * self.k_k).view(bsz, length, h, n), dim=-1, p=2.0)
         k = k * (1 + (alpha - 1) * self.k_a)
@@ -262,8 +265,11 @@ class ChannelMix(nn.Module):
             self.value.weight.zero_()
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        k = x + self.shift(x, grid) * self.x_k
-        return self.value(torch.relu(self.key(k)).square())
+        # Same maths as value(relu(key(x + shift * x_k))^2), keeping only x, shift and key's output.
+        h = lerp_matmul(x, self.shift(x, grid), self.x_k, self.key.weight.t())
+        if self.key.bias is not None:
+            h = h + self.key.bias
+        return sqrelu_linear(h, self.value.weight, self.value.bias)
 
 
 class Block(nn.Module):

@@ -46,7 +46,7 @@ LOG_DECAY_FLOOR = -math.exp(-0.5)
 MAX_CHUNK_SIZE = 128
 IMPLS = ("auto", "pure", "autograd", "fla")
 # Rows (batch * heads * directions x tokens) of chunk maths done at once; bounds transient memory.
-SEGMENT_ROWS = 8192
+SEGMENT_ROWS = 2048
 
 
 def _check_inputs(tensors: dict[str, torch.Tensor], chunk_size: int, impl: str) -> None:
@@ -118,15 +118,16 @@ def _state_scan(t: dict[str, torch.Tensor], v: torch.Tensor, state: torch.Tensor
     """Run the chunk-to-chunk recurrence from ``state`` (None = zero) over the chunks of ``t``.
 
     Returns ``(y_state, u, states, state_out)``: ``y_state = q_state S_in^T`` and ``u = w_part + a_state
-    S_in^T`` per chunk ``(Z, n, C, N)``, the states entering each chunk (a list when ``keep``, None
-    standing for zero) and the state leaving the last chunk. Per chunk: one matmul for both products
+    S_in^T`` per chunk ``(Z, n, C, N)``, the states entering each chunk ``(Z, n, N, N)`` (when
+    ``keep``) and the state leaving the last chunk. Per chunk: one matmul for both products
     with the incoming state, one for ``S <- S diag(e^{G_C}) + [V; U]^T [K; B] e^{G_C - G}``. The loop is
     over chunks, never tokens. ``unbind`` (not ``x[:, i]``): indexing inside the loop would make
     autograd build a full-size zero gradient per chunk on the autograd path."""
     c = v.shape[2]
     qa, w_part, tails = t["qa_state"].unbind(1), t["w_part"].unbind(1), t["tails"].unbind(1)
     e_last, vs = t["e_last"].unbind(1), v.unbind(1)
-    y_state, us, states = [], [], []
+    y_state, us = [], []
+    states = v.new_zeros(v.shape[0], len(vs), v.shape[3], v.shape[3]) if keep else None
     for i in range(len(vs)):
         if state is None:  # S_in = 0
             y_state.append(torch.zeros_like(vs[i]))
@@ -136,11 +137,11 @@ def _state_scan(t: dict[str, torch.Tensor], v: torch.Tensor, state: torch.Tensor
             y_state.append(prod[:, :c])
             u = w_part[i] + prod[:, c:]
         us.append(u)
-        if keep:
-            states.append(state)
+        if keep and state is not None:
+            states[:, i] = state
         upd = torch.cat([vs[i], u], dim=1).transpose(-1, -2) @ tails[i]
         state = upd if state is None else torch.addcmul(upd, state, e_last[i])
-    return torch.stack(y_state, 1), torch.stack(us, 1), (states if keep else None), state
+    return torch.stack(y_state, 1), torch.stack(us, 1), states, state
 
 
 def _segments(z: int, chunks: int, c: int) -> list[tuple[int, int]]:
@@ -197,14 +198,13 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
     dys = d_y.unbind(1)
     zero = d_y.new_zeros(z, n, n)
     d_out = torch.empty(z, chunks, n, n, dtype=d_y.dtype, device=d_y.device)
-    s_in = torch.empty_like(d_out)
+    s_in = states
     d_last = d_y.new_zeros(z, chunks, n)
     for i in range(chunks - 1, -1, -1):
         d_out[:, i] = zero if d_state is None else d_state
-        s_in[:, i] = zero if states[i] is None else states[i]
-        if d_state is not None and states[i] is not None:
-            d_last[:, i] = (d_state * states[i]).sum(1) * e_last[i].squeeze(1)
-        if states[i] is None and i == 0:
+        if d_state is not None:
+            d_last[:, i] = (d_state * s_in[:, i]).sum(1) * e_last[i].squeeze(1)
+        if state is None and i == 0:
             break  # nothing flows into a zero initial state
         # dS_in = [d_y; b_tail dS_out^T]^T [q_state; a_state] + dS_out diag(e^{G_C})
         if d_state is None:
@@ -212,7 +212,6 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
         else:
             left = torch.cat([dys[i], tails[i][:, c:] @ d_state.transpose(-1, -2)], dim=1)
             d_state = torch.addcmul(left.transpose(-1, -2) @ qa[i], d_state, e_last[i])
-    del states
 
     tails_all, scores = t["tails"], t["scores"]
     d_tail_state = tails_all @ d_out.transpose(-1, -2)  # [k_tail dS_out^T; b_tail dS_out^T]
