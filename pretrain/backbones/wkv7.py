@@ -46,7 +46,7 @@ LOG_DECAY_FLOOR = -math.exp(-0.5)
 MAX_CHUNK_SIZE = 128
 IMPLS = ("auto", "pure", "autograd", "fla")
 # Rows (batch * heads * directions x tokens) of chunk maths done at once; bounds transient memory.
-SEGMENT_ROWS = 2048
+SEGMENT_ROWS = 1024
 
 
 def _check_inputs(tensors: dict[str, torch.Tensor], chunk_size: int, impl: str) -> None:
@@ -89,18 +89,18 @@ def _score_mask(c: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
 def _chunk_terms(ra: torch.Tensor, g: torch.Tensor, kb: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
     """Everything of the chunked form that does not depend on the incoming states.
 
-    ``ra = [r; a]`` and ``kb = [k; b]`` stacked per chunk ``(Z, chunks, 2C, N)``; ``g``, ``v``
-    ``(Z, chunks, C, N)``. Query-side tensors keep the [r; a] row order, key-side ones [k; b]."""
-    z, chunks, c, n = g.shape
+    ``ra = [r; a]`` and ``kb = [k; b]`` stacked per chunk ``(chunks, Z, 2C, N)``; ``g``, ``v``
+    ``(chunks, Z, C, N)``. Query-side tensors keep the [r; a] row order, key-side ones [k; b]."""
+    chunks, z, c, n = g.shape
     big_g = g.cumsum(dim=2)
     mid = big_g[:, :, (c - 1) // 2 : (c - 1) // 2 + 1]  # factorization reference (a constant shift)
     centred = big_g - mid
-    e_q = torch.stack([centred, centred - g], dim=2).exp().view(z, chunks, 2 * c, n)  # e^{G-G_m}; e^{G_p-G_m}
+    e_q = torch.stack([centred, centred - g], dim=2).exp().view(chunks, z, 2 * c, n)  # e^{G-G_m}; e^{G_p-G_m}
     e_k = centred[:, :, None].neg().exp()  # e^{G_m - G}, broadcast over [k; b]
     e_mid = mid.exp()
     e_cm = (big_g[:, :, -1:] - mid).exp()  # e^{G_C - G_m}
     q = ra * e_q
-    kq = (kb.view(z, chunks, 2, c, n) * e_k).view(z, chunks, 2 * c, n)
+    kq = (kb.view(chunks, z, 2, c, n) * e_k).view(chunks, z, 2 * c, n)
     scores = (q @ kq.transpose(-1, -2)) * _score_mask(c, g.device, g.dtype)  # (Z, n, 2C, 2C)
     tri = _unit_lower_inverse(scores[..., c:, c:])  # (I - A_ab)^-1
     full = q * e_mid  # [r e^G; a e^{G_p}]
@@ -124,10 +124,10 @@ def _state_scan(t: dict[str, torch.Tensor], v: torch.Tensor, state: torch.Tensor
     over chunks, never tokens. ``unbind`` (not ``x[:, i]``): indexing inside the loop would make
     autograd build a full-size zero gradient per chunk on the autograd path."""
     c = v.shape[2]
-    qa, w_part, tails = t["qa_state"].unbind(1), t["w_part"].unbind(1), t["tails"].unbind(1)
-    e_last, vs = t["e_last"].unbind(1), v.unbind(1)
+    qa, w_part, tails = t["qa_state"].unbind(0), t["w_part"].unbind(0), t["tails"].unbind(0)
+    e_last, vs = t["e_last"].unbind(0), v.unbind(0)
     y_state, us = [], []
-    states = v.new_zeros(v.shape[0], len(vs), v.shape[3], v.shape[3]) if keep else None
+    states = v.new_zeros(len(vs), v.shape[1], v.shape[3], v.shape[3]) if keep else None
     for i in range(len(vs)):
         if state is None:  # S_in = 0
             y_state.append(torch.zeros_like(vs[i]))
@@ -138,10 +138,10 @@ def _state_scan(t: dict[str, torch.Tensor], v: torch.Tensor, state: torch.Tensor
             u = w_part[i] + prod[:, c:]
         us.append(u)
         if keep and state is not None:
-            states[:, i] = state
+            states[i] = state
         upd = torch.cat([vs[i], u], dim=1).transpose(-1, -2) @ tails[i]
         state = upd if state is None else torch.addcmul(upd, state, e_last[i])
-    return torch.stack(y_state, 1), torch.stack(us, 1), states, state
+    return torch.stack(y_state), torch.stack(us), states, state
 
 
 def _segments(z: int, chunks: int, c: int) -> list[tuple[int, int]]:
@@ -155,25 +155,25 @@ def _forward(ra, g, kb, v) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """Chunked WKV-7 over segments; differentiable by autograd as written.
 
     Returns ``y`` and the states entering each segment (None = zero)."""
-    z, chunks, c, _ = g.shape
+    chunks, z, c, _ = g.shape
     state, ys, bounds = None, [], []
     for s0, s1 in _segments(z, chunks, c):
         bounds.append(state)
-        t = _chunk_terms(ra[:, s0:s1], g[:, s0:s1], kb[:, s0:s1], v[:, s0:s1])
-        y_state, _, _, state = _state_scan(t, v[:, s0:s1], state, keep=False)
-        ys.append(t["scores"][..., :c, :] @ torch.cat([v[:, s0:s1], t["w_part"]], dim=2) + y_state)
-    return (ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)), bounds
+        t = _chunk_terms(ra[s0:s1], g[s0:s1], kb[s0:s1], v[s0:s1])
+        y_state, _, _, state = _state_scan(t, v[s0:s1], state, keep=False)
+        ys.append(t["scores"][..., :c, :] @ torch.cat([v[s0:s1], t["w_part"]], dim=2) + y_state)
+    return (ys[0] if len(ys) == 1 else torch.cat(ys)), bounds
 
 
 def _backward(ra, g, kb, v, d_y, bounds) -> tuple[torch.Tensor, ...]:
     """Recomputed output and gradients w.r.t. (ra, g, kb, v), segment by segment from the end."""
-    z, chunks, c, n = g.shape
+    chunks, z, c, n = g.shape
     y, d_ra, d_g, d_kb, d_v = (torch.empty_like(x) for x in (d_y, ra, g, kb, v))
     d_state = None
     for (s0, s1), state in reversed(list(zip(_segments(z, chunks, c), bounds))):
         sl = slice(s0, s1)
-        y[:, sl], d_ra[:, sl], d_g[:, sl], d_kb[:, sl], d_v[:, sl], d_state = _backward_segment(
-            ra[:, sl], g[:, sl], kb[:, sl], v[:, sl], d_y[:, sl], state, d_state
+        y[sl], d_ra[sl], d_g[sl], d_kb[sl], d_v[sl], d_state = _backward_segment(
+            ra[sl], g[sl], kb[sl], v[sl], d_y[sl], state, d_state
         )
     return y, d_ra, d_g, d_kb, d_v
 
@@ -189,21 +189,21 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
     * score gradients ``[[dA_rk, dA_rb], [dA_ak, dA_ab]] = mask * ([d_y; dZ] [V, U]^T)``;
     * the exponential factors give the log-decay gradient (the centring constant G_m cancels).
     """
-    z, chunks, c, n = g.shape
+    chunks, z, c, n = g.shape
     t = _chunk_terms(ra, g, kb, v)
     y_state, u, states, _ = _state_scan(t, v, state, keep=True)
     y = t["scores"][..., :c, :] @ torch.cat([v, t["w_part"]], dim=2) + y_state
     del y_state
-    qa, tails, e_last = t["qa_state"].unbind(1), t["tails"].unbind(1), t["e_last"].unbind(1)
-    dys = d_y.unbind(1)
+    qa, tails, e_last = t["qa_state"].unbind(0), t["tails"].unbind(0), t["e_last"].unbind(0)
+    dys = d_y.unbind(0)
     zero = d_y.new_zeros(z, n, n)
-    d_out = torch.empty(z, chunks, n, n, dtype=d_y.dtype, device=d_y.device)
+    d_out = torch.empty(chunks, z, n, n, dtype=d_y.dtype, device=d_y.device)
     s_in = states
-    d_last = d_y.new_zeros(z, chunks, n)
+    d_last = d_y.new_zeros(chunks, z, n)
     for i in range(chunks - 1, -1, -1):
-        d_out[:, i] = zero if d_state is None else d_state
+        d_out[i] = zero if d_state is None else d_state
         if d_state is not None:
-            d_last[:, i] = (d_state * s_in[:, i]).sum(1) * e_last[i].squeeze(1)
+            d_last[i] = (d_state * s_in[i]).sum(1) * e_last[i].squeeze(1)
         if state is None and i == 0:
             break  # nothing flows into a zero initial state
         # dS_in = [d_y; b_tail dS_out^T]^T [q_state; a_state] + dS_out diag(e^{G_C})
@@ -227,9 +227,9 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
     d_v = scores[..., :, :c].transpose(-1, -2) @ yz + d_tail_state[:, :, :c]
 
     d_ra = d_q * t["e_q"]
-    d_kb = (d_kq.view(z, chunks, 2, c, n) * t["e_k"]).view(z, chunks, 2 * c, n)
-    qd = (t["q"] * d_q).view(z, chunks, 2, c, n)
-    d_big_g = qd[:, :, 0] - (t["kq"] * d_kq).view(z, chunks, 2, c, n).sum(2)
+    d_kb = (d_kq.view(chunks, z, 2, c, n) * t["e_k"]).view(chunks, z, 2 * c, n)
+    qd = (t["q"] * d_q).view(chunks, z, 2, c, n)
+    d_big_g = qd[:, :, 0] - (t["kq"] * d_kq).view(chunks, z, 2, c, n).sum(2)
     d_prev = qd[:, :, 1]
     d_big_g[:, :, -1] += (tails_all * d_tails).sum(2) + d_last  # G_C: the tails and the state's decay
     # G = cumsum(g), G_p = G - g: dg_s = sum_{t >= s} (dG_t + dG_p,t) - dG_p,s.
@@ -239,11 +239,12 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Layout: (B, T, H, N) per direction <-> (Z = dirs * B * H, chunks, C, N) in the compute dtype.
+# Layout: (B, T, H, N) per direction <-> (chunks, Z = dirs * B * H, C, N) in the compute dtype
+# (chunk-major, so a segment of chunks is one contiguous slice).
 
 
 def _pack(sources: list[list[torch.Tensor]], c: int, calc: torch.dtype) -> torch.Tensor:
-    """Packed chunk layout ``(Z = dirs * B * H, chunks, P * C, N)`` in the compute dtype, one copy.
+    """Packed chunk layout ``(chunks, Z = dirs * B * H, P * C, N)`` in the compute dtype, one copy.
 
     ``sources[p][d]`` is input ``p`` for direction ``d``, ``(B, H, T, N)`` in forward time order;
     direction 1 is time-reversed here. Within a chunk the P inputs are stacked along the row axis
@@ -253,26 +254,26 @@ def _pack(sources: list[list[torch.Tensor]], c: int, calc: torch.dtype) -> torch
     bsz, heads, length, n = sources[0][0].shape
     full, rem = divmod(length, c)
     chunks = full + (rem > 0)
-    out = sources[0][0].new_empty((dirs, bsz, heads, chunks, len(sources), c, n), dtype=calc)
+    out = sources[0][0].new_empty((chunks, dirs, bsz, heads, len(sources), c, n), dtype=calc)
     for p, per_dir in enumerate(sources):
         for d, x in enumerate(per_dir):
             x = x.flip(2) if d == 1 else x
-            dest = out[d, :, :, :, p]
-            dest[:, :, :full] = x[:, :, : full * c].unflatten(2, (full, c))
+            dest = out[:, d, :, :, p]  # (chunks, B, H, C, N)
+            dest[:full] = x[:, :, : full * c].unflatten(2, (full, c)).permute(2, 0, 1, 3, 4)
             if rem:
-                dest[:, :, full, :rem] = x[:, :, full * c :]
-                dest[:, :, full, rem:] = 0
-    return out.view(dirs * bsz * heads, chunks, len(sources) * c, n)
+                dest[full, :, :, :rem] = x[:, :, full * c :]
+                dest[full, :, :, rem:] = 0
+    return out.view(chunks, dirs * bsz * heads, len(sources) * c, n)
 
 
 def _unpack(y: torch.Tensor, dirs: int, bsz: int, length: int, parts: int) -> list[list[torch.Tensor]]:
     """Inverse of ``_pack``: ``[p][d]`` -> ``(B, H, T, N)`` in forward time order."""
-    z, chunks, pc, n = y.shape
-    c = pc // parts
-    y = y.view(dirs, bsz, z // (dirs * bsz), chunks, parts, c, n)
+    chunks, z, pc, n = y.shape
+    c, heads = pc // parts, z // (dirs * bsz)
+    y = y.view(chunks, dirs, bsz, heads, parts, c, n)
     out = []
     for p in range(parts):
-        x = y[:, :, :, :, p].reshape(dirs, bsz, z // (dirs * bsz), chunks * c, n)[:, :, :, :length]
+        x = y[:, :, :, :, p].permute(1, 2, 3, 0, 4, 5).reshape(dirs, bsz, heads, chunks * c, n)[:, :, :, :length]
         out.append([x[0]] + ([x[1].flip(2)] if dirs == 2 else []))
     return out
 
