@@ -170,7 +170,7 @@ def _step_models(extra: list[str]):
 
     from pretrain.backbones import make_backbone_config
     from pretrain.encoder import Encoder, EncoderConfig
-    from pretrain.train import Pretrainer
+    from pretrain.ssast import Pretrainer
 
     def build(name: str, preset: str, **kw):
         torch.manual_seed(0)

@@ -97,7 +97,8 @@ def part_a(dry: bool, budget: float) -> dict:
 def _encoder_from_recipe(name: str, device, dry: bool, overrides: dict | None = None):
     from pretrain.config import load_recipe
     from pretrain.features import Normalization
-    from pretrain.train import Pretrainer, build_encoder
+    from pretrain.session import build_encoder
+    from pretrain.ssast import Pretrainer
 
     recipe = load_recipe(ROOT / "recipes" / "pretrain" / f"{name}.toml")
     cfg = dict(recipe.model.backbone_config)
@@ -248,7 +249,8 @@ def part_d(dry: bool, budget: float) -> dict:
                 runs[name] = {"error": f"timeout after {left - 5:.0f} s"}
                 continue
             wall = time.perf_counter() - t0
-            rate = re.findall(rf"step {steps}/{steps} .*?([0-9.]+) steps/s", proc.stderr)
+            rate = re.findall(rf" {steps}/{steps} \[[^,\]]*, *([0-9.]+) ?steps?/s", proc.stderr) or re.findall(
+                rf"step {steps}/{steps} .*?([0-9.]+) steps/s", proc.stderr)  # tqdm bar or plain log line
             loss = re.findall(r"loss[ =:]+([0-9.]+)", proc.stderr)
             runs[name] = {"rc": proc.returncode, "wall_s": wall, "steps_per_s": float(rate[-1]) if rate else None,
                           "last_loss": float(loss[-1]) if loss else None,
