@@ -124,7 +124,8 @@ print(json.dumps({"peak": peak - base, "inputs": 6 * x[0].numel() * 4}))
 
 def _peak(impl: str, length: int) -> dict:
     proc = subprocess.run([sys.executable, "-c", _MEASURE, impl, str(length)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=240, check=True)
+                          cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, f"measuring {impl} at {length} tokens failed: {proc.stderr[-1000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
