@@ -223,7 +223,8 @@ def bench_step(args) -> dict[str, float]:
 
 
 def bench_targets(args) -> None:
-    bench_step(args)
+    if args.rounds:  # --rounds 0: only the length sweep (e.g. the big cases, run under the memory lock)
+        bench_step(args)
     print("\nForward + backward, batch 1 (fresh subprocess per case; time = one cold run at >= 4k tokens)\n")
     print("| tokens | A-RWKV-T s | MB | KB/token | ViT-T SDPA s | MB | KB/token | RWKV / SDPA time | RWKV / SDPA memory |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -255,7 +256,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["kernel", "encoder", "step", "targets"])
-    p.add_argument("--rounds", type=int, default=5, help="step: timed rounds after one warm-up round")
+    p.add_argument("--rounds", type=int, default=5, help="step: timed rounds after one warm-up (targets: 0 skips it)")
     p.add_argument("--extra", nargs="*", default=[], help="step: also time A-RWKV-T with these wkv_impl values")
     p.add_argument("--train-tokens", type=int, nargs="*", default=[4096, 8192, 16384])
     p.add_argument("--tokens", type=int, nargs="*", help="kernel: token counts (default 512 2048 8192)")
