@@ -210,6 +210,15 @@ def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=max(timeout, 5))
 
 
+def _steps_per_s(log: str, steps: int) -> float | None:
+    """The rate on the last progress line of ``steps/steps`` (tqdm prints ``x step/s`` or ``x s/step``)."""
+    found = re.findall(rf" {steps}/{steps} \[[^,\]]*, *([0-9.]+) ?(step/s|s/step)", log)
+    if not found:
+        return None
+    value, unit = found[-1]
+    return float(value) if unit == "step/s" else 1.0 / float(value)
+
+
 def part_d(dry: bool, budget: float) -> dict:
     start = time.monotonic()
     py = sys.executable
@@ -249,10 +258,9 @@ def part_d(dry: bool, budget: float) -> dict:
                 runs[name] = {"error": f"timeout after {left - 5:.0f} s"}
                 continue
             wall = time.perf_counter() - t0
-            rate = re.findall(rf" {steps}/{steps} \[[^,\]]*, *([0-9.]+) ?steps?/s", proc.stderr) or re.findall(
-                rf"step {steps}/{steps} .*?([0-9.]+) steps/s", proc.stderr)  # tqdm bar or plain log line
+            rate = _steps_per_s(proc.stderr, steps)
             loss = re.findall(r"loss[ =:]+([0-9.]+)", proc.stderr)
-            runs[name] = {"rc": proc.returncode, "wall_s": wall, "steps_per_s": float(rate[-1]) if rate else None,
+            runs[name] = {"rc": proc.returncode, "wall_s": wall, "steps_per_s": rate,
                           "last_loss": float(loss[-1]) if loss else None,
                           "tail": "" if proc.returncode == 0 else proc.stderr.strip()[-300:]}
     return {"steps": steps, "batch": batch, "runs": runs}

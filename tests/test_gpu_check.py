@@ -65,3 +65,10 @@ def test_dry_run_of_the_length_sweep_prints_a_report(tmp_path):
     for label in ("ViT-tiny (SDPA)", "Mamba-tiny pure", "RWKV-7-T pure", "RWKV-7-T kernel"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {label} |"))
         assert "Error" not in row and " / " in row, row  # a time / memory cell, not an error
+
+
+def test_progress_rate_is_read_in_both_tqdm_units():
+    log = "pretrain:  96%|#| 48/50 [00:09<00:00, 5.1step/s]\npretrain: 100%|#| 50/50 [00:10<00:00, 4.85step/s]\n"
+    assert gpu_check._steps_per_s(log, 50) == 4.85
+    assert gpu_check._steps_per_s("x 2/2 [00:38<00:00, 19.38s/step]", 2) == pytest.approx(1 / 19.38)
+    assert gpu_check._steps_per_s("no bar here", 2) is None
