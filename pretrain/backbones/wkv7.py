@@ -17,16 +17,18 @@ sum of ``log_w`` inside the chunk, ``G_p = G - log_w``). ``A_xy[t, j] = sum_d x_
     Y   = A_rk V + A_rb U + (R e^G) S_0^T
     S_C = S_0 diag(e^{G_C}) + V^T (K e^{G_C - G}) + U^T (B e^{G_C - G})
 
-Everything not involving ``S_0`` is computed for all chunks at once; the chunk-to-chunk state
-recurrence is two small batched matmuls per chunk. The intra-chunk products are factorized around
+Everything not involving ``S_0`` is computed for a segment of chunks at once (``SEGMENT_ROWS``
+bounds the working set); the chunk-to-chunk state recurrence is two small batched matmuls per chunk. The intra-chunk products are factorized around
 the chunk's middle step (``(x e^{G_t - G_m})(y e^{G_m - G_j})``), so no factor exceeds
 ``e^{0.61 C / 2}`` at the decay floor; exponentials of cumulative sums over long spans are never
 formed. All maths runs in fp32 (fp64 inputs stay fp64); the result is cast back.
 
-Training memory: ``_WKV7Chunked`` saves only its inputs. Its backward recomputes the chunk terms and
-the chunk-boundary states, runs the state-gradient recurrence backwards, then forms every input
-gradient with batched matmuls (the derivation is in the comments of ``_backward``). Plain autograd
-through the same forward (``impl="autograd"``) keeps ~40 intermediates per token and head.
+Training memory: ``_WKV7Chunked`` saves only its inputs and the state entering each segment. Its
+backward walks the segments last to first: recomputes the chunk terms and chunk-boundary states,
+runs the state-gradient recurrence backwards, then forms every input gradient with batched matmuls
+(the derivation is in the docstring of ``_backward_segment``; tested against autograd of the
+per-step recurrence). Plain autograd through the same forward (``impl="autograd"``) keeps every
+chunk intermediate (~2x the peak memory, tests/test_wkv7_pure.py).
 
 On CUDA with flash-linear-attention installed, ``impl="auto"`` dispatches to its Triton kernel
 (``wkv7_fla.py``); ``impl="pure"`` forces this implementation.
