@@ -6,13 +6,22 @@
    batch 1, time and peak memory vs tokens: forward-only (no_grad) up to 16,384 tokens (32,768
    frames, 5 min 28 s of audio) and forward + backward up to 8,192 tokens.
 
-Every case runs in a fresh subprocess, so the peak resident memory (``ru_maxrss``) minus the
+3. ``step``: issue 16's CPU step target: one pretraining step (the project's ``Pretrainer``, one-pass
+   objective, AdamW, fp32) of A-RWKV-T and ViT-tiny (SDPA) at batch 4 x 1024 frames (512 patches),
+   400 of 512 (78%) cluster-masked, interleaved rounds in one process; medians and minima.
+4. ``targets``: ``step`` plus forward + backward at 4k / 8k / 16k tokens (batch 1, fresh subprocesses):
+   time, peak memory per token, A-RWKV-T vs ViT-SDPA, and A-RWKV-T's t(16k) / t(4k).
+   Needs ~6 GB at 16k tokens: run it under ``flock /tmp/bigmem.lock``.
+
+Every case of 1, 2 and 4 runs in a fresh subprocess, so the peak resident memory (``ru_maxrss``) minus the
 resident size just before the measured call is that case's own peak. Times are the best of
 ``--repeat`` runs after one warm-up (one run and no warm-up for the big cases).
 Cases whose estimated memory exceeds ``--max-gb`` are skipped and reported as such.
 
     .venv/bin/python bench/bench_rwkv7.py kernel
     .venv/bin/python bench/bench_rwkv7.py encoder [--max-tokens-fwd 16384 --max-tokens-bwd 8192]
+    .venv/bin/python bench/bench_rwkv7.py step [--rounds 5 --extra autograd]
+    flock /tmp/bigmem.lock .venv/bin/python bench/bench_rwkv7.py targets
 """
 
 from __future__ import annotations
@@ -21,7 +30,9 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import child
@@ -60,8 +71,9 @@ def run_case(case: dict) -> dict:
     from pretrain.encoder import Encoder, EncoderConfig
 
     frames = case["tokens"] // 8 * 16
-    if case["model"] == "rwkv7":
-        name, cfg = "rwkv7", dataclasses.asdict(make_backbone_config("rwkv7", "t"))
+    if case["model"].startswith("rwkv7"):
+        impl = case["model"].split(":")[1] if ":" in case["model"] else "auto"
+        name, cfg = "rwkv7", dataclasses.asdict(make_backbone_config("rwkv7", "t", wkv_impl=impl))
     else:  # "vit-sdpa" | "vit-naive"
         attention = case["model"].split("-")[1]
         name, cfg = "vit", dataclasses.asdict(make_backbone_config("vit", "tiny", attention=attention))
@@ -153,12 +165,100 @@ def bench_encoder(args) -> None:
             tokens *= 2
 
 
+def _step_models(extra: list[str]):
+    import torch
+
+    from pretrain.backbones import make_backbone_config
+    from pretrain.encoder import Encoder, EncoderConfig
+    from pretrain.ssast import Pretrainer
+
+    def build(name: str, preset: str, **kw):
+        torch.manual_seed(0)
+        cfg = dataclasses.asdict(make_backbone_config(name, preset, **kw))
+        return Pretrainer(Encoder(EncoderConfig(backbone=name, backbone_config=cfg, input_frames=1024)))
+
+    models = {"ViT-tiny (SDPA)": build("vit", "tiny", attention="sdpa"), "A-RWKV-T": build("rwkv7", "t")}
+    for impl in extra:  # e.g. "autograd": the same WKV forward under plain autograd (before issue 16)
+        models[f"A-RWKV-T, wkv_impl={impl}"] = build("rwkv7", "t", wkv_impl=impl)
+    return models
+
+
+def bench_step(args) -> dict[str, float]:
+    """Interleaved rounds of one training step per model; returns the medians."""
+    import torch
+
+    from pretrain.masking import make_mask
+    from pretrain.patches import valid_patches
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    batch, frames = 4, 1024
+    grid = (frames // 16, 8)
+    fbank = torch.randn(batch, frames, 128)
+    valid = valid_patches(torch.full((batch,), frames), grid, (16, 16), (16, 16))
+    mask = make_mask("cluster", valid, grid, 400, generator=torch.Generator().manual_seed(0))
+    models = _step_models(args.extra)
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for rnd in range(args.rounds + 1):  # round 0 is a warm-up
+        order = list(models) if rnd % 2 == 0 else list(models)[::-1]
+        for k in order:
+            t0 = time.perf_counter()
+            models[k](fbank, [mask])["loss"].backward()
+            opts[k].step()
+            opts[k].zero_grad(set_to_none=True)
+            if rnd:
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base, base_min = med["ViT-tiny (SDPA)"], min(times["ViT-tiny (SDPA)"])
+    print(f"\nOne pretraining step, batch {batch} x {frames} frames, 400/512 cluster-masked, one pass, AdamW, "
+          f"fp32, {args.threads} thread(s), {args.rounds} interleaved rounds after a warm-up\n")
+    print("| model | params | median s | min s | median / ViT | min / ViT min |")
+    print("|---|---|---|---|---|---|")
+    for k, v in times.items():
+        params = sum(p.numel() for p in models[k].encoder.parameters()) / 1e6
+        print(f"| {k} | {params:.2f} M | {med[k]:.2f} | {min(v):.2f} | {med[k] / base:.2f}x | "
+              f"{min(v) / base_min:.2f}x |", flush=True)
+    return med
+
+
+def bench_targets(args) -> None:
+    if args.rounds:  # --rounds 0: only the length sweep (e.g. the big cases, run under the memory lock)
+        bench_step(args)
+    print("\nForward + backward, batch 1 (fresh subprocess per case; time = one cold run at >= 4k tokens)\n")
+    print("| tokens | A-RWKV-T s | MB | KB/token | ViT-T SDPA s | MB | KB/token | RWKV / SDPA time | RWKV / SDPA memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    secs = {}
+    for tokens in args.train_tokens:
+        res = {}
+        for m in ("rwkv7", "vit-sdpa"):
+            case = {"kind": "encoder", "model": m, "tokens": tokens, "backward": True, "threads": args.threads,
+                    "repeat": 1, "warmup": False}
+            res[m] = spawn(case, args.timeout)
+        cells = []
+        for m in ("rwkv7", "vit-sdpa"):
+            s, mb = fmt(res[m])
+            per = f"{res[m]['peak_mb'] * 1024 / tokens:.0f}" if "peak_mb" in res[m] else "-"
+            cells += [s, mb, per]
+        ok = all("seconds" in res[m] for m in res)
+        ratio_t = f"{res['rwkv7']['seconds'] / res['vit-sdpa']['seconds']:.2f}x" if ok else "-"
+        ratio_m = f"{res['rwkv7']['peak_mb'] / max(res['vit-sdpa']['peak_mb'], 1):.2f}x" if ok else "-"
+        if "seconds" in res["rwkv7"]:
+            secs[tokens] = res["rwkv7"]["seconds"]
+        print(f"| {tokens} | " + " | ".join(cells + [ratio_t, ratio_m]) + " |", flush=True)
+    if 4096 in secs and 16384 in secs:
+        print(f"\nA-RWKV-T t(16k) / t(4k) = {secs[16384] / secs[4096]:.2f} (target <= 4.5)")
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "_child":
         print(json.dumps(run_case(json.loads(sys.argv[2]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["kernel", "encoder"])
+    p.add_argument("what", choices=["kernel", "encoder", "step", "targets"])
+    p.add_argument("--rounds", type=int, default=5, help="step: timed rounds after one warm-up (targets: 0 skips it)")
+    p.add_argument("--extra", nargs="*", default=[], help="step: also time A-RWKV-T with these wkv_impl values")
+    p.add_argument("--train-tokens", type=int, nargs="*", default=[4096, 8192, 16384])
     p.add_argument("--tokens", type=int, nargs="*", help="kernel: token counts (default 512 2048 8192)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads per case (the machine is shared)")
@@ -168,7 +268,7 @@ def main() -> None:
     p.add_argument("--max-gb", type=float, default=5.0, help="skip naive-attention cases estimated above this")
     args = p.parse_args()
     print(f"# torch threads {args.threads}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    bench_kernel(args) if args.what == "kernel" else bench_encoder(args)
+    {"kernel": bench_kernel, "encoder": bench_encoder, "step": bench_step, "targets": bench_targets}[args.what](args)
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 
 

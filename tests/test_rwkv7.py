@@ -76,9 +76,10 @@ def test_chunked_equals_naive_forward(chunk, floor):
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("impl", ["pure", "autograd"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("floor", [False, True])
-def test_chunked_equals_naive_gradients(dtype, tol, floor):
+def test_chunked_equals_naive_gradients(dtype, tol, floor, impl):
     base = kernel_inputs(1, 70, 2, 16, dtype, floor=floor, seed=3)
     probe = torch.randn(1, 70, 2, 16, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
 
@@ -88,7 +89,7 @@ def test_chunked_equals_naive_gradients(dtype, tol, floor):
         return [t.grad for t in inputs]
 
     ref = grads(naive_wkv7, [t.double() for t in base])
-    got = grads(lambda *t: wkv7(*t, chunk_size=16), base)
+    got = grads(lambda *t: wkv7(*t, chunk_size=16, impl=impl), base)
     for name, g_ref, g_got in zip(["r", "log_w", "k", "v", "a", "b"], ref, got):
         assert rel_err(g_got, g_ref) <= tol, name
 

@@ -43,6 +43,8 @@ from torch import nn
 from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
 from .layers import DropPath
+from .rwkv7_ops import lerp_matmul, sqrelu_linear
+from .wkv7 import IMPLS as WKV_IMPLS
 from .wkv7 import LOG_DECAY_FLOOR, MAX_CHUNK_SIZE, wkv7, wkv7_bidirectional
 
 TOKEN_SHIFTS = ("dwconv3x3", "dwsep")
@@ -61,7 +63,8 @@ class RWKV7Config:
     pos_drop: float = 0.0  # dropout after the position embedding (A-RWKV: same value as drop_path)
     token_shift: str = "dwconv3x3"  # "dwconv3x3" (released code) | "dwsep" (depthwise + pointwise)
     bi_combine: str = "gate"  # "gate" (released code) | "sum"
-    chunk_size: int = 32  # WKV chunk length (the CUDA kernel's CHUNK_LEN is 16; 32 is faster on CPU)
+    chunk_size: int = 16  # WKV chunk length of the pure path (the CUDA kernel's CHUNK_LEN is 16)
+    wkv_impl: str = "auto"  # "auto": fla's Triton kernel on CUDA if installed, else pure | "pure" | "autograd"
     head_size_divisor: int = 8  # GroupNorm eps = 1e-5 * divisor^2, as x070
     ffn_bias: bool = True  # A-RWKV's channel-mix Linears have biases (upstream RWKV-7's do not)
     pos_resize: str = "ssast"  # how the position embedding adapts to other grids (patches.resize_pos_embed)
@@ -77,6 +80,8 @@ class RWKV7Config:
             raise ValueError(f"rwkv7: bi_combine {self.bi_combine!r} is not one of {BI_COMBINES}")
         if not 1 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"rwkv7: chunk_size must be in [1, {MAX_CHUNK_SIZE}], got {self.chunk_size}")
+        if self.wkv_impl not in WKV_IMPLS:
+            raise ValueError(f"rwkv7: wkv_impl {self.wkv_impl!r} is not one of {WKV_IMPLS}")
         if self.pos_resize not in ("ssast", "interpolate"):
             raise ValueError(f"rwkv7: pos_resize {self.pos_resize!r} is not 'ssast' or 'interpolate'")
         if not (0.0 <= self.drop_path < 1.0 and 0.0 <= self.pos_drop < 1.0):
@@ -127,6 +132,7 @@ class TimeMix(nn.Module):
         c, n = cfg.dim, cfg.head_size
         h = c // n
         self.layer, self.heads, self.head_size, self.chunk_size = layer, h, n, cfg.chunk_size
+        self.wkv_impl = cfg.wkv_impl
         self.bi_combine = cfg.bi_combine
         depth = cfg.depth
         ratio_0_to_1 = layer / max(depth - 1, 1)
@@ -184,22 +190,24 @@ class TimeMix(nn.Module):
         bsz, length, c = x.shape
         h, n = self.heads, self.head_size
         xx = self.shift(x, grid)
-        xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
-        xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
-
-        r = self.receptance(xr)
+        # (x + xx * mu) @ W without keeping the six interpolated inputs (rwkv7_ops.lerp_matmul).
+        r = lerp_matmul(x, xx, self.x_r, self.receptance.weight.t())
         # log w = -e^-0.5 * sigmoid(d): the code's -softplus(-d) - 0.5 fed to exp(-exp(.)), in closed form.
-        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
-        k = self.key(xk)
-        v = self.value(xv)
+        log_w = LOG_DECAY_FLOOR * torch.sigmoid(self.w0 + torch.tanh(lerp_matmul(x, xx, self.x_w, self.w1)) @ self.w2)
+        k = lerp_matmul(x, xx, self.x_k, self.key.weight.t())
         if self.layer == 0:
+            v = lerp_matmul(x, xx, self.x_v, self.value.weight.t())
             v_first = v
         else:
             if v_first is None:
                 raise ValueError("rwkv7: layers after the first need v_first from layer 0")
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
-        alpha = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+            v, v_lora = lerp_matmul(x, xx, self.x_v, torch.cat([self.value.weight.t(), self.v1], 1)).split(
+                [c, self.v1.shape[1]], dim=-1
+            )
+            # contiguous: a view would keep the whole (C + D)-wide product alive for backward
+            v = v + (v_first - v) * torch.sigmoid(self.v0 + v_lora.contiguous() @ self.v2)
+        alpha = torch.sigmoid(self.a0 + lerp_matmul(x, xx, self.x_a, self.a1) @ self.a2)
+        g = torch.sigmoid(lerp_matmul(x, xx, self.x_g, self.g1)) @ self.g2
 
         kappa = F.normalize((k * self.k_k).view(bsz, length, h, n), dim=-1, p=2.0)
         k = k * (1 + (alpha - 1) * self.k_a)
@@ -219,6 +227,7 @@ class TimeMix(nn.Module):
             kappa * heads(alpha),
             gate=gate,
             chunk_size=self.chunk_size,
+            impl=self.wkv_impl,
         )
         y = self.ln_x(y.reshape(bsz * length, c)).view(bsz, length, h, n)
         bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
@@ -242,8 +251,11 @@ class ChannelMix(nn.Module):
             self.value.weight.zero_()
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        k = x + self.shift(x, grid) * self.x_k
-        return self.value(torch.relu(self.key(k)).square())
+        # Same maths as value(relu(key(x + shift * x_k))^2), keeping only x, shift and key's output.
+        h = lerp_matmul(x, self.shift(x, grid), self.x_k, self.key.weight.t())
+        if self.key.bias is not None:
+            h = h + self.key.bias
+        return sqrelu_linear(h, self.value.weight, self.value.bias)
 
 
 class Block(nn.Module):
