@@ -15,6 +15,7 @@ from pretrain.backbones import selective_scan as scan_module
 from pretrain.backbones.mamba import BiMambaMixer, MambaBackbone, MambaConfig
 from pretrain.backbones.selective_scan import linear_scan, plan_chunks, selective_scan
 from pretrain.encoder import Encoder, EncoderConfig
+from pretrain.features import FeatureConfig
 
 
 def naive_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -310,7 +311,9 @@ def test_parameter_count_matches_aum(dim, bimamba, expected):
 
 def _tiny_encoder(**overrides) -> Encoder:
     bconf = dict(dim=32, depth=2, d_state=4) | overrides
-    return Encoder(EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=64, num_mel_bins=32))
+    features = FeatureConfig(num_mel_bins=32)  # an export must agree with its own fbank height
+    return Encoder(EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=64, num_mel_bins=32,
+                                 features=features))
 
 
 @pytest.mark.timeout(60)
