@@ -32,13 +32,25 @@ def rss_kb() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def peak_rss_kb() -> int:
+    """Peak resident size of this process image in KiB (VmHWM).
+
+    Not ``ru_maxrss``: Linux carries the parent's resident size over a fork + exec into the child's
+    ``ru_maxrss``, so a child spawned by a big benchmark process would report the parent's size."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def measure(fn, repeat: int, warmup: bool) -> dict:
     """Peak memory of the first (cold) call; time = best of ``repeat`` further calls (or the cold one)."""
     base = rss_kb()
     t0 = time.perf_counter()
     fn()
     cold = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     times = [cold] if not warmup else []
     for _ in range(repeat if warmup else 0):
         t0 = time.perf_counter()
