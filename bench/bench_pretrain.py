@@ -42,7 +42,7 @@ from pretrain.encoder import Encoder, EncoderConfig
 from pretrain.features import FeatureConfig, fbank_reference, normalize
 from pretrain.masking import make_mask
 from pretrain.patches import valid_patches
-from pretrain.train import Pretrainer
+from pretrain.ssast import Pretrainer
 
 
 def _write_shards(root: Path, clips: int, seconds: float = 10.0, per_shard: int = 16) -> Path:
@@ -146,7 +146,9 @@ def _demo_run(root: Path, name: str, steps: int, ranks: int) -> tuple[float, flo
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr[-2000:]}")
-    rates = re.findall(rf"step {steps}/{steps} .*?([0-9.]+) steps/s", proc.stderr)
+    # core.progress's last line, e.g. "pretrain: 100% 200/200 [01:04<00:00,  3.12step/s, loss ...]"; its rate
+    # is measured over the last minute after the first step (start-up excluded).
+    rates = re.findall(rf" {steps}/{steps} \[[^,\]]*, *([0-9.]+)step/s", proc.stderr)
     return float(rates[-1]), wall
 
 

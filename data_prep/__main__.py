@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_DATA = 1
 EXIT_USAGE = 2
@@ -54,6 +54,16 @@ def _float(minimum: float, inclusive: bool):
     return parse
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1, got {text!r}")
+    return value
+
+
 SHARD_EPILOG = """\
 layouts (--layout, default auto detects them):
   folder          every audio file (wav, flac, ogg, mp3) below SRC; --folder-labels uses the parent
@@ -74,21 +84,21 @@ segments: without --clip-seconds every file is one sample. With it, files are cu
 clips of that length; a tail of at least --min-seconds becomes a shorter clip, a shorter tail is
 dropped. Files shorter than --min-seconds are skipped (and listed).
 
-resume: run the same command again after an interruption (even SIGKILL): finished shards are kept,
-the others are rendered again. Other arguments on an existing OUT are refused unless --overwrite.
-bad inputs (unreadable, empty, truncated, non-audio, NaN/inf, missing) are skipped and listed in
-index.json; the run fails only when nothing is usable, or on any skip with --strict.
+resume: run the same command again after an interruption (even SIGKILL): finished shards are kept
+if their tar still has the size and SHA-256 recorded when it was written; the others (unfinished, or
+truncated/altered since) are rendered again. Other arguments on an existing OUT are refused unless
+--overwrite.
+bad inputs (unreadable, empty, non-audio, NaN/inf, missing, dangling symlinks, and truncated or garbled
+files: a WAV/AIFF data chunk cut short, an MP3 frame chain broken, a FLAC that loses sync) are skipped
+and listed in index.json with their reason; the run fails only when nothing is usable, or on any skip
+with --strict.
+valid split: --valid-fraction F holds out round(F x files) source files (seeded by --seed; all clips of
+a file stay on one side) as OUT/valid/ and shards the rest as OUT/train/, for corpora without splits.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from data_prep import shards, sources
-
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep",
-        description="Prepare raw audio corpora as WebDataset shards for self-supervised pretraining.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{shard,synth,inspect}")
+def _add_shard_parser(sub: Any) -> None:
+    from data_prep import options, sources
 
     shard = sub.add_parser(
         "shard",
@@ -98,70 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=SHARD_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    shard.add_argument("src", metavar="SRC", type=Path, help="corpus folder (or manifest file)")
-    shard.add_argument("out", metavar="OUT", type=Path, help="output folder for the shards")
-    shard.add_argument(
-        "--layout", default="auto", choices=sources.LAYOUTS, help="corpus layout (default: auto-detect)"
-    )
-    shard.add_argument(
-        "--clip-seconds",
-        type=_float(0, False),
-        default=None,
-        metavar="S",
-        help="cut files into clips of S seconds (default: one sample per file)",
-    )
-    shard.add_argument(
-        "--min-seconds",
-        type=_float(0, True),
-        default=shards.DEFAULT_MIN_SECONDS,
-        metavar="S",
-        help="drop tails and skip files shorter than S seconds (default: %(default)s)",
-    )
-    shard.add_argument(
-        "--samples-per-shard",
-        type=_positive_int,
-        default=shards.DEFAULT_SAMPLES_PER_SHARD,
-        metavar="N",
-        help="at most N samples per shard (default: %(default)s)",
-    )
-    shard.add_argument(
-        "--max-shard-mb",
-        type=_float(0, False),
-        default=shards.DEFAULT_MAX_SHARD_MB,
-        metavar="MB",
-        help="at most MB megabytes (MiB) per shard, estimated from the raw "
-        "PCM16 size, an upper bound of the FLAC size (default: %(default)s)",
-    )
-    shard.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="worker processes, one thread each (default: one per available core)",
-    )
-    shard.add_argument(
-        "--seed", type=_int, default=0, help="seed of the shuffle across shards (default: %(default)s)"
-    )
-    shard.add_argument(
-        "--name",
-        default=None,
-        help="shard name prefix (default: the split name, or 'data' for unsplit corpora)",
-    )
-    shard.add_argument(
-        "--folder-labels",
-        action="store_true",
-        help="folder layout: label each file with its parent folder's name",
-    )
-    shard.add_argument(
-        "--strict", action="store_true", help="fail on any skipped input instead of listing it"
-    )
-    shard.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace shards in OUT made with other arguments (other files are kept)",
-    )
-    shard.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    add = shard.add_argument
+    add("src", metavar="SRC", type=Path, help="corpus folder (or manifest file)")
+    add("out", metavar="OUT", type=Path, help="output folder for the shards")
+    add("--layout", default="auto", choices=sources.LAYOUTS, help="corpus layout (default: auto-detect)")
+    add("--clip-seconds", type=_float(0, False), default=None, metavar="S",
+        help="cut files into clips of S seconds, at least --min-seconds (default: one sample per file)")
+    add("--min-seconds", type=_float(0, True), default=options.DEFAULT_MIN_SECONDS, metavar="S",
+        help="drop tails and skip files shorter than S seconds (default: %(default)s)")
+    add("--samples-per-shard", type=_positive_int, default=options.DEFAULT_SAMPLES_PER_SHARD, metavar="N",
+        help="at most N samples per shard (default: %(default)s)")
+    add("--max-shard-mb", type=_float(0, False), default=options.DEFAULT_MAX_SHARD_MB, metavar="MB",
+        help="at most MB megabytes (MiB) per shard, estimated from the raw PCM16 size, an upper bound of "
+        "the FLAC size (default: %(default)s)")
+    add("--workers", type=_positive_int, default=None, metavar="N",
+        help="worker processes, one thread each (default: one per available core)")
+    add("--seed", type=_int, default=0, help="seed of the shuffle across shards (default: %(default)s)")
+    add("--name", default=None, help="shard name prefix (default: the split name, or 'data' for unsplit corpora)")
+    add("--folder-labels", action="store_true", help="folder layout: label each file with its parent folder's name")
+    add("--valid-fraction", type=_fraction, default=None, metavar="F",
+        help="corpus without splits: hold out the fraction F of the source files (never of the clips; "
+        "seeded by --seed) as OUT/valid/, the rest as OUT/train/")
+    add("--strict", action="store_true", help="fail on any skipped input instead of listing it")
+    add("--overwrite", action="store_true",
+        help="replace shards in OUT made with other arguments (other files are kept)")
+    add("-q", "--quiet", action="store_true", help="no progress on stderr")
 
+
+def _add_synth_parser(sub: Any) -> None:
     synth = sub.add_parser(
         "synth",
         help="write the built-in demo corpus (procedural labeled sounds)",
@@ -179,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
 
+
+def _add_inspect_parser(sub: Any) -> None:
     inspect = sub.add_parser(
         "inspect",
         help="summarize a shard set and decode-check every member",
@@ -199,13 +175,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="processes decoding shards in parallel (default: one per available core)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m data_prep`` parser; it imports only light modules (no torch, no audio stack)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep",
+        description="Prepare raw audio corpora as WebDataset shards for self-supervised pretraining.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{shard,synth,inspect}")
+    _add_shard_parser(sub)
+    _add_synth_parser(sub)
+    _add_inspect_parser(sub)
     return parser
 
 
 def _run_shard(args: argparse.Namespace) -> None:
-    from data_prep import shards, sources
+    from data_prep import options, shards, sources
 
-    opts = shards.ShardOptions(
+    opts = options.ShardOptions(
         src=args.src,
         out=args.out,
         layout=args.layout,
@@ -216,6 +204,7 @@ def _run_shard(args: argparse.Namespace) -> None:
         seed=args.seed,
         name=args.name,
         folder_labels=args.folder_labels,
+        valid_fraction=args.valid_fraction,
         workers=args.workers,
         strict=args.strict,
         overwrite=args.overwrite,
@@ -223,7 +212,9 @@ def _run_shard(args: argparse.Namespace) -> None:
     )
     try:
         summary = shards.shard_corpus(opts)
-    except (shards.ShardError, sources.SourceError) as err:
+    except options.OptionError as err:
+        fail(str(err), EXIT_USAGE)
+    except (options.ShardError, sources.SourceError) as err:
         fail(str(err))
     print(summary.line())
 

@@ -2,7 +2,7 @@
 
 Decoding is done with soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3, ...); torchaudio's own
 loaders are not used (they need torchcodec/FFmpeg). Every failure a corpus can throw at us (missing,
-empty, non-audio, zero-length, truncated, NaN/inf samples) becomes an :class:`AudioError` whose message is
+empty, non-audio, zero-length, truncated or garbled (see ``data_prep.integrity``), NaN/inf samples) becomes an :class:`AudioError` whose message is
 a short reason, so the sharder can skip the file and list why.
 
 Resampling uses ``torchaudio.transforms.Resample`` with a Kaiser-windowed sinc filter and librosa's
@@ -31,7 +31,10 @@ import soundfile as sf
 import torch
 import torchaudio
 
-TARGET_SR = 16000
+from core.shard_format import SAMPLE_RATE
+from data_prep.integrity import check_container
+
+TARGET_SR = SAMPLE_RATE  # the shard format's rate (core/shard_format.py)
 
 # librosa "kaiser_best" parameters as given in torchaudio's resampling documentation.
 RESAMPLE_KWARGS = {
@@ -91,6 +94,9 @@ def probe(path: str | Path) -> AudioInfo:
         raise AudioError(f"bad header: sample rate {info.samplerate}, channels {info.channels}")
     if info.frames <= 0:
         raise AudioError("zero-length audio")
+    damage = check_container(path, str(info.format))  # cut-short WAV/AIFF data, broken MP3 frame chains
+    if damage is not None:
+        raise AudioError(damage)
     return AudioInfo(frames=int(info.frames), sample_rate=int(info.samplerate), channels=int(info.channels),
                      format=str(info.format))
 

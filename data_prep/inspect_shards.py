@@ -8,8 +8,8 @@ sample counts and seconds match ``index.json``, and every shard it lists exists.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -24,10 +24,18 @@ import braceexpand
 import numpy as np
 import soundfile as sf
 
-# Same values as data_prep.audio.TARGET_SR and data_prep.shards.INDEX_FILE, not imported from there because
-# those modules pull in torch, which takes seconds to import and is not needed to check shards.
-TARGET_SR = 16000
-INDEX_FILE = "index.json"
+from core.shard_format import (
+    AUDIO_MEMBER,
+    INDEX_FILE,
+    META_MEMBER,
+    SPLIT_ORDER,
+    ShardFormatError,
+    decode_meta,
+    read_index,
+    split_member,
+    tar_digest,
+)
+from core.shard_format import SAMPLE_RATE as TARGET_SR
 
 _DURATION_BINS = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, float("inf"))
 _SECONDS_TOLERANCE = 1e-3
@@ -48,6 +56,7 @@ class SetReport:
     durations: list[float] = field(default_factory=list)
     labels: Counter = field(default_factory=Counter)
     index_checked: bool = False
+    digest: tuple[int, str] | None = None  # (bytes, sha256) of a single shard's tar
 
 
 @dataclass
@@ -93,12 +102,12 @@ def _duration_histogram(durations: list[float]) -> str:
 
 def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> list[str]:
     problems = []
-    if set(members) != {"flac", "json"}:
-        problems.append(f"members {sorted(members)} (expected flac and json)")
+    if set(members) != {AUDIO_MEMBER, META_MEMBER}:
+        problems.append(f"members {sorted(members)} (expected {AUDIO_MEMBER} and {META_MEMBER})")
     frames = None
-    if "flac" in members:
+    if AUDIO_MEMBER in members:
         try:
-            data, sr = sf.read(io.BytesIO(members["flac"]), dtype="float32", always_2d=True)
+            data, sr = sf.read(io.BytesIO(members[AUDIO_MEMBER]), dtype="float32", always_2d=True)
             if sr != TARGET_SR:
                 problems.append(f"flac sample rate {sr} (expected {TARGET_SR})")
             if data.shape[1] != 1:
@@ -111,14 +120,14 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
         except (sf.LibsndfileError, RuntimeError, TypeError) as err:
             problems.append(f"flac does not decode: {err}")
     meta: Any = None
-    if "json" in members:
+    if META_MEMBER in members:
         try:
-            meta = json.loads(members["json"].decode("utf-8"))
-            if not isinstance(meta, dict) or "source" not in meta or "duration_s" not in meta:
+            meta = decode_meta(members[META_MEMBER], key)
+            if "source" not in meta or "duration_s" not in meta:
                 problems.append("json lacks source/duration_s")
                 meta = None
-        except (UnicodeDecodeError, ValueError) as err:
-            problems.append(f"json does not parse: {err}")
+        except ShardFormatError as err:
+            problems.append(str(err).removeprefix(f"{key}: "))
     if frames is not None and meta is not None:
         seconds = frames / TARGET_SR
         if abs(float(meta["duration_s"]) - seconds) > _SECONDS_TOLERANCE:
@@ -131,6 +140,16 @@ def _check_sample(key: str, members: dict[str, bytes], report: SetReport) -> lis
     return problems
 
 
+def _data_after(path: Path, offset: int) -> bool:
+    """Is any byte after ``offset`` not zero (tar pads its end with zero blocks)?"""
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        while block := fh.read(1 << 20):
+            if block.strip(b"\0"):
+                return True
+    return False
+
+
 def check_shard(path: Path) -> tuple[SetReport, list[str]]:
     """Decode-check one tar: its good samples (as a one-shard report) and its problems."""
     report = SetReport(name=path.name, shards=1)
@@ -140,11 +159,13 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
     current: dict[str, bytes] = {}
 
     def finish() -> None:
+        nonlocal current_key
         if current_key is not None:
             problems.extend(
                 f"shard {path.name}: key {current_key}: {p}"
                 for p in _check_sample(current_key, current, report)
             )
+        current_key = None  # checked once, even if an error follows
 
     try:
         with tarfile.open(path, "r:") as tar:
@@ -152,11 +173,11 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
                 if not member.isfile():
                     problems.append(f"shard {path.name}: member {member.name}: not a regular file")
                     continue
-                base = member.name.rsplit("/", 1)[-1]
-                if "." not in base:
+                try:
+                    key, ext = split_member(member.name)
+                except ShardFormatError:
                     problems.append(f"shard {path.name}: member {member.name}: no extension")
                     continue
-                key, ext = base.split(".", 1)
                 if key != current_key:
                     finish()
                     if key in seen:
@@ -168,8 +189,15 @@ def check_shard(path: Path) -> tuple[SetReport, list[str]]:
                 handle = tar.extractfile(member)
                 current[ext] = handle.read() if handle is not None else b""
             finish()
+            end = tar.offset  # where tarfile saw the end-of-archive marker
+        if _data_after(path, end):  # a zeroed header reads as the end: members after it would be lost
+            problems.append(f"shard {path.name}: data after the end-of-archive marker at byte {end} "
+                                "(a damaged member header?)")
     except (tarfile.TarError, OSError, EOFError) as err:
         problems.append(f"shard {path.name}: cannot read tar: {err}")
+        finish()  # the sample read before the damage counts (an incomplete one is reported as such)
+    with contextlib.suppress(OSError):
+        report.digest = tar_digest(path)
     return report, problems
 
 
@@ -185,9 +213,9 @@ def _check_all(tars: list[Path], workers: int) -> Iterator[tuple[SetReport, list
 
 def _load_index(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise InspectError(f"{path}: unreadable index ({err})") from None
+        return read_index(path)
+    except ShardFormatError as err:
+        raise InspectError(str(err)) from None
 
 
 def _inspect_set(
@@ -212,7 +240,11 @@ def _inspect_set(
         entry = listed.get(tar.name)
         if entry is None:
             problems.append(f"shard {tar.name}: not listed in index.json")
-        elif not shard_problems and (
+            continue
+        if "sha256" in entry and part.digest is not None and part.digest != (entry.get("bytes"), entry["sha256"]):
+            problems.append(f"shard {tar.name}: {part.digest[0]} bytes with another SHA-256 than index.json "
+                            f"records ({entry.get('bytes')} bytes): changed since it was written")
+        if not shard_problems and (
             entry["samples"] != samples
             or abs(entry["seconds"] - seconds) > _SECONDS_TOLERANCE * max(1, samples)
         ):
@@ -253,7 +285,7 @@ def inspect(target: str | Path, workers: int | None = None) -> InspectReport:
             )
         index = _load_index(index_path)
         if "splits" in index:
-            order = {"train": 0, "valid": 1, "test": 2}
+            order = {name: i for i, name in enumerate(SPLIT_ORDER)}
             for split, entry in sorted(index["splits"].items(), key=lambda kv: (order.get(kv[0], 3), kv[0])):
                 results.append(_set_from_dir(split, path / Path(entry["index"]).parent, workers))
         else:

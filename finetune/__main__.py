@@ -22,20 +22,21 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    from core.accel import make_accelerator
     from pretrain.data import resolve_shards
-    from pretrain.train import make_accelerator
 
     from .config import load_finetune_recipe
     from .heads import Classifier
     from .metrics import compute_metrics
-    from .train import check_vocabulary, predict_shards
+    from .session import check_vocabulary
+    from .train import predict_shards
 
     model = Classifier.from_pretrained(args.model)
     recipe = load_finetune_recipe(None, [f"data.target_frames={model.target_frames}",
                                          f"train.batch_size={args.batch_size}", f"data.num_workers={args.workers}"])
     shards = resolve_shards(args.shards, args.allow_pipe)
     check_vocabulary(shards, model.labels)
-    acc = make_accelerator(recipe, recipe.run_dir)
+    acc = make_accelerator(recipe.train.mixed_precision, recipe.run_dir)
     s, t, _ = predict_shards(acc, model, shards, recipe, model.encoder.config.normalization)
     m = compute_metrics(s, t, model.labels, model.kind)
     if args.out:
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_probe)
     args = ap.parse_args(argv)
 
-    from pretrain.config import RecipeError
+    from core.recipe import RecipeError
     from pretrain.data import DataError
     from pretrain.encoder import ExportError
 

@@ -2,7 +2,8 @@
 
 Linear probes follow MAE's protocol: a frozen encoder, a standardizing head (see ``Classifier``) and
 no SpecAugment or mixup (augmenting frozen features only adds noise to the probe). A probe trains only
-the head, without a backward pass through the encoder, so it gets 4x the recipe's epochs.
+the head, without a backward pass through the encoder, so it gets more epochs. Both policies are the
+recipe's ``[compare]`` keys (``probe_overrides``, ``probe_epochs_factor``, default 4x).
 """
 
 from __future__ import annotations
@@ -10,25 +11,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.jsonio import write_json_atomic
+from core.jsonio import write_json_atomic
 
 from .config import load_finetune_recipe
 from .train import finetune
-
-PROBE_OVERRIDES = ["augment.freqm=0", "augment.timem=0", "augment.mixup=0"]
 
 
 def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
     """Linear probe and full fine-tuning, pretrained vs random init; prints a table, writes compare.json."""
     rows = {}
     base = load_finetune_recipe(recipe_path, overrides)
+    c = base.compare
+    probe = c.probe_overrides + [f"train.epochs={c.probe_epochs_factor * base.train.epochs}"]
     for mode in ("linear_probe", "full"):
         for init in ("pretrained", "random"):
             r = load_finetune_recipe(recipe_path, overrides + [
                 f"model.encoder={json.dumps(encoder)}", f"model.mode={mode}",
                 f"model.random_init={'true' if init == 'random' else 'false'}",
                 f"run.name={json.dumps(f'{base.run.name}_{mode}_{init}')}",
-            ] + (PROBE_OVERRIDES + [f"train.epochs={4 * base.train.epochs}"] if mode == "linear_probe" else []))
+            ] + (probe if mode == "linear_probe" else []))
             res = finetune(r)
             split = "test" if "test" in res else "valid"
             rows[(mode, init)] = {k: res[split][k] for k in ("accuracy", "macro_f1", "top5") if k in res[split]} | {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from pretrain.config import load_recipe
+from core.recipe import Choices, RecipeBase, RunSection, load_recipe
+from pretrain.config import DataSection as PretrainData
 
 
 @dataclass
@@ -25,9 +25,9 @@ class DataSection:
     train: str | list[str] = ""  # labeled training shards (index.json gives the vocabulary)
     valid: str | list[str] | None = None  # model selection (best epoch) on these
     test: str | list[str] | None = None  # final metrics on these
-    target_frames: int = 1024  # input length in frames (SSAST: 1024 AudioSet, 512 ESC-50, 128 SC)
+    target_frames: int = PretrainData.target_frames  # input length in frames (SSAST: 1024 AudioSet, 512 ESC-50, 128 SC)
     num_workers: int = 2  # loader processes
-    shuffle_buffer: int = 1000  # samples per worker shuffle buffer
+    shuffle_buffer: int = PretrainData.shuffle_buffer  # samples per worker shuffle buffer
     allow_pipe: bool = False  # allow pipe: URLs (they run shell commands)
     balanced: bool = False  # balanced sampling for multi-label data (AudioSet style)
     folds: list[int] | None = None  # k-fold cross-validation over the `fold` field (ESC-50): test on each in turn
@@ -45,6 +45,7 @@ class FeaturesSection:
     std: float | None = None
     stats: str | None = None  # a JSON from `python -m pretrain stats`
     use_encoder_stats: bool = False  # keep the statistics stored in the encoder's config.json
+    stats_max_samples: int = 2000  # clips the statistics are computed on (when not given)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class OptimSection:
     lr: float = 1e-4  # base learning rate
     weight_decay: float = 5e-7  # weight decay (matrices only)
     betas: list[float] = field(default_factory=lambda: [0.95, 0.999])  # Adam betas
+    eps: float = 1e-8  # Adam epsilon
     head_lr_mult: float = 1.0  # LR multiplier of the head (SSAMBA AS-20K: 3)
     clip_grad_norm: float = 0.0  # 0 = off
 
@@ -94,13 +96,16 @@ class TrainSection:
 
 
 @dataclass
-class RunSection:
-    name: str = "finetune"  # run directory name
-    output_dir: str = "runs"  # runs/NAME/ holds export/ and metrics.json
+class CompareSection:
+    # `finetune compare` only: a linear probe trains the head alone (no backward through the encoder), so it
+    # gets this many times the recipe's epochs, without SpecAugment or mixup (MAE's probe protocol).
+    probe_epochs_factor: int = 4  # linear-probe epochs = this x train.epochs
+    probe_overrides: list[str] = field(  # --set overrides applied to the linear probes
+        default_factory=lambda: ["augment.freqm=0", "augment.timem=0", "augment.mixup=0"])
 
 
 @dataclass
-class FinetuneRecipe:
+class FinetuneRecipe(RecipeBase):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     task: TaskSection = field(default_factory=TaskSection)
@@ -109,14 +114,11 @@ class FinetuneRecipe:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
-    run: RunSection = field(default_factory=RunSection)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+    compare: CompareSection = field(default_factory=CompareSection)
+    run: RunSection = field(default_factory=lambda: RunSection(name="finetune"))  # runs/NAME: export/, metrics.json
 
 
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+CHOICES: Choices = {
     ("model", "mode"): ("full", "linear_probe"),
     ("model", "pooling"): ("mean", "cls"),
     ("task", "kind"): ("single_label", "multi_label"),
@@ -129,5 +131,5 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 
 def load_finetune_recipe(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneRecipe:
     """Load a fine-tuning recipe with strict keys and ``--set`` overrides."""
-    recipe: Any = load_recipe(path, overrides, cls=FinetuneRecipe, choices=CHOICES)
+    recipe: FinetuneRecipe = load_recipe(path, overrides, FinetuneRecipe, CHOICES)
     return recipe

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pretrain.encoder import (
+    CONFIG_NAME,
     WEIGHTS_NAME,
     Encoder,
     EncoderConfig,
@@ -81,9 +82,14 @@ class Classifier(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits) if self.kind == "multi_label" else torch.softmax(logits, -1)
 
+    def head_keys(self) -> dict[str, str]:
+        """Where the head's norm and Linear sit in this model's weights (read by the Hugging Face export)."""
+        names = {id(m): n for n, m in self.named_modules()}
+        return {"norm": names[id(self.head[0])], "linear": names[id(self.head[-1])]}
+
     def task_config(self, target_frames: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"labels": self.labels, "kind": self.kind, "pooling": self.pooling, "head_norm": self.head_norm,
-                "target_frames": target_frames} | (extra or {})
+                "head_keys": self.head_keys(), "target_frames": target_frames} | (extra or {})
 
     def save_pretrained(self, directory: str | os.PathLike, target_frames: int,
                         extra: dict[str, Any] | None = None) -> Path:
@@ -119,7 +125,7 @@ def load_encoder(directory: str, random_init: bool = False, seed: int = 0) -> En
 
 def build_encoder(config: dict[str, Any], directory: str | os.PathLike) -> Encoder:
     """An Encoder (random weights) from an export's config; bad values become an ExportError naming the file."""
-    source = str(Path(directory) / "config.json")
+    source = str(Path(directory) / CONFIG_NAME)
     try:
         return Encoder(EncoderConfig.from_dict(config, source=source))
     except ExportError:

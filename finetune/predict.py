@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from core import shard_format as fmt
 from data_prep.audio import AudioError, load_audio
 from pretrain.encoder import Encoder, read_export
 from pretrain.features import model_input, pad_waves
-from pretrain.patches import samples_for_frames, valid_patches
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+from pretrain.patches import valid_patches
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -29,7 +28,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+            out += sorted(f for f in p.rglob("*") if fmt.is_audio_file(f.name) and f.is_file())
         else:
             out.append(p)
     return out
@@ -59,7 +58,7 @@ def _load(path: Path, sr: int) -> np.ndarray:
 def iter_windows(paths: list[Path], encoder: Encoder, target_frames: int, hop_seconds: float | None,
                  errors: list[dict[str, str]]) -> Iterator[tuple[Path, list[int], torch.Tensor, torch.Tensor]]:
     cfg = encoder.config.features
-    window = samples_for_frames(target_frames, cfg.frame_length, cfg.frame_shift)
+    window = cfg.num_samples(target_frames)
     hop = int(hop_seconds * cfg.sample_rate) if hop_seconds else window // 2
     for path in paths:
         try:

@@ -6,10 +6,7 @@ Runs alone or under ``accelerate launch`` (every rank reads its own shards; metr
 from __future__ import annotations
 
 import copy
-import json
 import math
-import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,98 +15,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import gather_object
 
-from pretrain.config import RecipeError, save_recipe
-from pretrain.data import DataError, ShardSet, ShardStream, make_loader, resolve_shards
-from pretrain.encoder import ExportError
-from pretrain.features import FeatureConfig, Normalization
-from pretrain.jsonio import write_json_atomic
-from pretrain.stats import compute_stats
-from pretrain.train import Progress, make_accelerator, warmup_cosine_lr
+from core.jsonio import write_json_atomic
+from core.progress import Progress
+from core.schedule import warmup_cosine_lr
+from pretrain.data import DataError, ShardSet, ShardStream, make_loader
+from pretrain.features import Normalization
 
 from .augment import augment_batch
 from .config import FinetuneRecipe
-from .heads import Classifier, layer_decay_groups, load_encoder
+from .heads import Classifier
 from .metrics import compute_metrics
-
-
-class FoldWeight:
-    """Keep samples whose ``fold`` is (or is not) in ``folds`` (picklable, for loader workers)."""
-
-    def __init__(self, folds: list[int], keep: bool):
-        self.folds, self.keep = set(folds), keep
-
-    def __call__(self, meta: dict[str, Any]) -> float:
-        return float((meta.get("fold") in self.folds) == self.keep)
-
-    def __repr__(self) -> str:
-        return f"fold {'in' if self.keep else 'not in'} {sorted(self.folds)}"
-
-
-class BalancedWeight:
-    """Accept a sample with probability proportional to sum over its labels of 1/count (AudioSet's balancing)."""
-
-    def __init__(self, label_counts: dict[str, int], inner=None):
-        w = {k: 1.0 / max(v, 1) for k, v in label_counts.items()}
-        self.w, self.top, self.inner = w, max(w.values()), inner
-
-    def __call__(self, meta: dict[str, Any]) -> float:
-        base = self.inner(meta) if self.inner else 1.0
-        return base * min(1.0, sum(self.w.get(lab, 0.0) for lab in meta.get("labels") or []) / self.top)
-
-
-def check_vocabulary(shards: ShardSet, labels: list[str]) -> None:
-    """Labels in the shards that the model does not know are an error, named."""
-    if shards.vocabulary is None:
-        return
-    unknown = sorted(set(shards.vocabulary) - set(labels))
-    if unknown:
-        raise DataError(f"{shards.source}: label(s) {unknown[:10]} are not known to the model "
-                        f"(it knows {len(labels)} labels: {labels[:10]}{' ...' if len(labels) > 10 else ''})")
-
-
-def check_fold_field(shards: ShardSet) -> None:
-    """k-fold needs a ``fold`` in the samples' json: look at the first sample of the first local shard.
-
-    Without it every clip would train and none would test (found only after training)."""
-    url = shards.urls[0]
-    if "://" in url or url.startswith("pipe:"):
-        return
-    try:
-        with tarfile.open(url) as tar:
-            member = next((m for m in tar if m.name.endswith(".json")), None)
-            meta = json.loads(tar.extractfile(member).read()) if member else {}
-    except (OSError, tarfile.TarError, ValueError):
-        return  # an unreadable shard is reported by the loader
-    if "fold" not in meta or meta["fold"] is None:
-        raise DataError(f"{url}: data.folds needs a 'fold' in every sample's json and this shard's samples "
-                        "have none (shard a manifest with a fold column, or an esc50 layout)")
+from .session import Session, setup
 
 
 def task_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
     if loss == "bce":
         return F.binary_cross_entropy_with_logits(logits, targets)
     return -(targets * F.log_softmax(logits, -1)).sum(-1).mean()  # soft targets (mixup) allowed
-
-
-def resolve_normalization(recipe: FinetuneRecipe, encoder_norm: Normalization, train: ShardSet,
-                          run_dir: Path, acc, features: FeatureConfig | None = None) -> Normalization:
-    f = recipe.features
-    if f.mean is not None and f.std is not None:
-        return Normalization(f.mean, f.std)
-    if f.stats:
-        s = json.loads(Path(f.stats).read_text())
-        return Normalization(float(s["mean"]), float(s["std"]))
-    if f.use_encoder_stats:
-        return encoder_norm
-    cache = run_dir / "stats.json"
-    if acc.is_main_process and not cache.is_file():
-        s = compute_stats(train.urls, max_samples=2000, allow_pipe=recipe.data.allow_pipe, features=features)
-        write_json_atomic(cache, s)
-    acc.wait_for_everyone()
-    s = json.loads(cache.read_text())
-    return Normalization(float(s["mean"]), float(s["std"]))
 
 
 @torch.no_grad()
@@ -201,146 +125,116 @@ def epoch_lr(recipe: FinetuneRecipe, epoch: int, step: int, total_steps: int) ->
 
 def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | None = None) -> dict[str, Any]:
     """Train one task model; returns the metrics (also written to ``run_dir/metrics.json``)."""
-    run_dir = Path(run_dir or recipe.run_dir)
-    acc = make_accelerator(recipe, run_dir)  # type: ignore[arg-type]
-    is_main = acc.is_main_process
-    d, t = recipe.data, recipe.train
-    if not recipe.model.encoder:
-        raise ExportError("model.encoder is not set: give an export directory (--set model.encoder=runs/X/export)")
-    train_set = resolve_shards(d.train, d.allow_pipe)
-    if not train_set.vocabulary:
-        raise DataError(f"{train_set.source}: no label vocabulary in index.json; fine-tuning needs labeled shards")
-    labels = list(train_set.vocabulary)
-    # with folds, the held-out fold of data.train is the test set: data.valid / data.test are not read
-    valid_set = resolve_shards(d.valid, d.allow_pipe) if d.valid and fold is None else None
-    test_set = resolve_shards(d.test, d.allow_pipe) if d.test and fold is None else None
-    train_weight = eval_weight = None
-    if fold is not None:
-        check_fold_field(train_set)
-        train_weight, eval_weight = FoldWeight([fold], keep=False), FoldWeight([fold], keep=True)
-        # The held-out fold is the test set. It is not also used as "valid": choosing the best epoch on
-        # the fold that is then reported would leak; the last epoch (or the weight average) is kept.
-        valid_set, test_set = None, train_set
-    if d.balanced:
-        counts = (train_set.index or {}).get("label_counts")
-        if not counts:
-            raise DataError(f"{train_set.source}: data.balanced needs label_counts in index.json")
-        train_weight = BalancedWeight(counts, train_weight)
-    for s in (valid_set, test_set):
-        if s is not None:
-            check_vocabulary(s, labels)
-
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run_dir / "config.json")
-    set_seed(t.seed)
-    encoder = load_encoder(recipe.model.encoder, recipe.model.random_init, seed=t.seed)
-    norm = resolve_normalization(recipe, encoder.config.normalization, train_set, run_dir, acc,
-                                 encoder.config.features)
-    encoder.config.normalization = norm
-    if recipe.model.stride:
-        encoder.set_stride(tuple(recipe.model.stride))
-    try:
-        model = Classifier(encoder, labels, recipe.model.pooling, recipe.task.kind, recipe.model.head_dropout,
-                           linear_probe=recipe.model.mode == "linear_probe")
-    except ValueError as e:
-        raise RecipeError(f"model.pooling: {e}") from e
-    o = recipe.optim
-    groups = layer_decay_groups(model, o.lr, o.weight_decay, recipe.model.layer_decay, o.head_lr_mult)
-    opt_cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
-    optimizer = opt_cls(groups, lr=o.lr, betas=tuple(o.betas))
-    model, optimizer = acc.prepare(model, optimizer)
-    core: Classifier = acc.unwrap_model(model)
-
-    world = acc.num_processes
-    n_train = train_set.num_samples or 0
-    if fold is not None and d.folds:
-        n_train = int(n_train * (len(d.folds) - 1) / len(d.folds))
-    steps_per_epoch = t.steps_per_epoch or max(1, n_train // (t.batch_size * world))
-    total = steps_per_epoch * t.epochs
-    stream = ShardStream(train_set, batch_size=t.batch_size, target_frames=d.target_frames, mode="train",
-                         seed=t.seed, rank=acc.process_index, world_size=world, num_workers=d.num_workers,
-                         shuffle_buffer=d.shuffle_buffer, features=core.encoder.config.features, normalization=norm,
-                         vocabulary=labels, sample_weight=train_weight)
-    gen = torch.Generator().manual_seed(t.seed * 1000 + acc.process_index)
-    progress = Progress(total, is_main)
-    best: dict[str, Any] = {"main": -math.inf}
-    wa_sum: dict[str, torch.Tensor] | None = None
-    wa_count = 0
+    s = setup(recipe, Path(run_dir or recipe.run_dir), fold)
+    t = recipe.train
+    total = s.steps_per_epoch * t.epochs
+    progress = Progress(total, "finetune", enabled=s.acc.is_main_process)
+    pick = Selection()
     history = []
     step = 0
     t0 = time.time()
-    probe = ProbeViews(t.probe_views) if core.linear_probe and t.probe_views > 0 else None
-    eval_cache: dict | None = {} if core.linear_probe else None  # a frozen encoder's eval features never change
+    probe = ProbeViews(t.probe_views) if s.core.linear_probe and t.probe_views > 0 else None
+    eval_cache: dict | None = {} if s.core.linear_probe else None  # a frozen encoder's eval features never change
     for epoch in range(t.epochs):
-        model.train()
+        s.model.train()
         if probe is not None:
-            batches = probe.batches(epoch, acc, core, stream, steps_per_epoch, recipe, norm, gen)
+            batches = probe.batches(epoch, s.acc, s.core, s.stream, s.steps_per_epoch, recipe, s.norm, s.gen)
         else:
-            stream.set_epoch(epoch)
-            batches = encoder_batches(iter(make_loader(stream)), steps_per_epoch, recipe, norm, gen, acc.device)
-        losses = []
-        for inputs, y in batches:
-            lr = epoch_lr(recipe, epoch, step, total)
-            for g in optimizer.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)
-            with acc.autocast():
-                logits = model(**inputs)
-                loss = task_loss(logits.float(), y, recipe.task.loss)
-            acc.backward(loss)
-            if o.clip_grad_norm > 0:
-                acc.clip_grad_norm_(model.parameters(), o.clip_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if step % t.log_every == 0:
-                progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
-                                force=not sys.stderr.isatty())
+            s.stream.set_epoch(epoch)
+            batches = encoder_batches(iter(make_loader(s.stream)), s.steps_per_epoch, recipe, s.norm, s.gen,
+                                      s.acc.device)
+        losses, step = _train_epoch(s, batches, epoch, step, total, progress)
         del batches
         entry: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-        if valid_set is not None:
-            s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
-            m = compute_metrics(s, tg, labels, recipe.task.kind)
+        if s.data.valid is not None:
+            m = _evaluate(s, s.data.valid, eval_cache)
             entry["valid"] = {k: v for k, v in m.items() if k != "per_class"}
-            if m["main"] > best["main"]:
-                best = {"main": m["main"], "epoch": epoch + 1, "state": copy.deepcopy(core.state_dict())}
-        wa = t.weight_averaging
+            pick.report_valid(s.core, m["main"], epoch)
+        pick.add_epoch(s.core, epoch, t.weight_averaging)
+        history.append(entry)
+        if s.acc.is_main_process:
+            v = entry.get("valid", {})
+            progress.write(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
+                           + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""))
+    progress.close()
+    selected = pick.apply(s.core, t.weight_averaging)
+    result: dict[str, Any] = {"selected": selected, "history": history, "labels": s.data.labels,
+                              "mode": recipe.model.mode, "random_init": recipe.model.random_init,
+                              "normalization": {"mean": s.norm.mean, "std": s.norm.std}, "seconds": time.time() - t0}
+    if s.data.valid is not None:
+        result["valid"] = _evaluate(s, s.data.valid, eval_cache)
+    if s.data.test is not None:
+        result["test"] = _evaluate(s, s.data.test, eval_cache)
+    if s.acc.is_main_process:
+        s.core.save_pretrained(s.run_dir / "export", recipe.data.target_frames,
+                               extra={"finetuned_from": recipe.model.encoder, "selected": selected,
+                                      "display_names": (s.data.train.index or {}).get("display_names")})
+        write_json_atomic(s.run_dir / "metrics.json", result)
+    s.acc.end_training()
+    return result
+
+
+def _train_epoch(s: Session, batches: Iterator[tuple[dict[str, Any], torch.Tensor]], epoch: int, step: int,
+                 total: int, progress: Progress) -> tuple[list[float], int]:
+    """One epoch of optimizer steps; returns the losses and the step count after it."""
+    recipe, acc, t = s.recipe, s.acc, s.recipe.train
+    losses = []
+    for inputs, y in batches:
+        lr = epoch_lr(recipe, epoch, step, total)
+        for g in s.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        with acc.autocast():
+            logits = s.model(**inputs)
+            loss = task_loss(logits.float(), y, recipe.task.loss)
+        acc.backward(loss)
+        if recipe.optim.clip_grad_norm > 0:
+            acc.clip_grad_norm_(s.model.parameters(), recipe.optim.clip_grad_norm)
+        s.optimizer.step()
+        s.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step += 1
+        if step % t.log_every == 0:
+            progress.update(step, f"epoch {epoch + 1}/{t.epochs} loss {np.mean(losses[-t.log_every:]):.4f} lr {lr:.2e}",
+                            log=True)
+        else:
+            progress.update(step)
+    return losses, step
+
+
+def _evaluate(s: Session, shards: ShardSet, eval_cache: dict | None) -> dict[str, Any]:
+    scores, targets, _ = predict_shards(s.acc, s.core, shards, s.recipe, s.norm, s.data.eval_weight, eval_cache)
+    return compute_metrics(scores, targets, s.data.labels, s.recipe.task.kind)
+
+
+class Selection:
+    """Which weights the run keeps: a weight average over an epoch range (SSAST's wa), else the best epoch on
+    the validation set, else the last."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, Any] = {"main": -math.inf}
+        self.wa_sum: dict[str, torch.Tensor] | None = None
+        self.wa_count = 0
+
+    def report_valid(self, core: Classifier, main: float, epoch: int) -> None:
+        if main > self.best["main"]:
+            self.best = {"main": main, "epoch": epoch + 1, "state": copy.deepcopy(core.state_dict())}
+
+    def add_epoch(self, core: Classifier, epoch: int, wa: list[int] | None) -> None:
         if wa and wa[0] <= epoch + 1 <= wa[1]:
             sd = core.state_dict()
-            wa_sum = {k: v.detach().clone().double() for k, v in sd.items()} if wa_sum is None else \
-                {k: wa_sum[k] + sd[k].double() for k in sd}
-            wa_count += 1
-        history.append(entry)
-        if is_main:
-            v = entry.get("valid", {})
-            print(f"finetune: epoch {epoch + 1}/{t.epochs} train loss {entry['train_loss']:.4f}"
-                  + (f" | valid {recipe.task.kind == 'multi_label' and 'mAP' or 'acc'} {v.get('main', float('nan')):.4f}" if v else ""),
-                  file=sys.stderr)
+            self.wa_sum = {k: v.detach().clone().double() for k, v in sd.items()} if self.wa_sum is None else \
+                {k: self.wa_sum[k] + sd[k].double() for k in sd}
+            self.wa_count += 1
 
-    selected = "last"
-    if wa_sum is not None:
-        core.load_state_dict({k: (v / wa_count).to(core.state_dict()[k].dtype) for k, v in wa_sum.items()})
-        selected = f"weight average of epochs {t.weight_averaging[0]}-{t.weight_averaging[1]}"
-    elif "state" in best:
-        core.load_state_dict(best["state"])
-        selected = f"best on valid (epoch {best['epoch']})"
-    result: dict[str, Any] = {"selected": selected, "history": history, "labels": labels,
-                              "mode": recipe.model.mode, "random_init": recipe.model.random_init,
-                              "normalization": {"mean": norm.mean, "std": norm.std}, "seconds": time.time() - t0}
-    if valid_set is not None:
-        s, tg, _ = predict_shards(acc, core, valid_set, recipe, norm, eval_weight, eval_cache)
-        result["valid"] = compute_metrics(s, tg, labels, recipe.task.kind)
-    if test_set is not None:
-        s, tg, _ = predict_shards(acc, core, test_set, recipe, norm, eval_weight, eval_cache)
-        result["test"] = compute_metrics(s, tg, labels, recipe.task.kind)
-    if is_main:
-        core.save_pretrained(run_dir / "export", d.target_frames,
-                             extra={"finetuned_from": recipe.model.encoder, "selected": selected,
-                                    "display_names": (train_set.index or {}).get("display_names")})
-        write_json_atomic(run_dir / "metrics.json", result)
-    acc.end_training()
-    return result
+    def apply(self, core: Classifier, wa: list[int] | None) -> str:
+        """Load the selected weights into ``core``; returns how they were selected."""
+        if self.wa_sum is not None and wa:
+            core.load_state_dict({k: (v / self.wa_count).to(core.state_dict()[k].dtype) for k, v in self.wa_sum.items()})
+            return f"weight average of epochs {wa[0]}-{wa[1]}"
+        if "state" in self.best:
+            core.load_state_dict(self.best["state"])
+            return f"best on valid (epoch {self.best['epoch']})"
+        return "last"
 
 
 def finetune_all(recipe: FinetuneRecipe) -> dict[str, Any]:

@@ -22,7 +22,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
-    from .jsonio import write_json_atomic
+    from core.jsonio import write_json_atomic
+
     from .stats import compute_stats
 
     stats = compute_stats(args.shards, max_samples=args.max_samples, num_workers=args.workers,
@@ -55,18 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     add_cli(sub)  # import-checkpoint, export-hf
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .config import RecipeError
+    from core.recipe import RecipeError
+
+    from .checkpoint import TrainingError
     from .data import DataError
     from .encoder import ExportError
 
     try:
         args.func(args)
-    except (RecipeError, DataError, ExportError, FileNotFoundError) as e:
+    except (RecipeError, DataError, ExportError, TrainingError, FileNotFoundError) as e:
         _fail(str(e))
-    except RuntimeError as e:
-        if type(e).__name__ == "TrainingError":
-            _fail(str(e))
-        raise
 
 
 if __name__ == "__main__":

@@ -1,27 +1,15 @@
-"""Recipes: TOML files validated into dataclasses, with strict keys and typed ``--set`` overrides.
-
-A recipe has the sections of :class:`Recipe`. Unknown or misspelled keys are errors that name the
-key and list the valid ones. ``--set section.key=value`` overrides any field; the value is parsed
-as a TOML value (``1e-4``, ``true``, ``[16, 16]``, ``"text"``) and falls back to a plain string.
-"""
+"""The pretraining recipe: its sections, defaults and allowed values (loading is ``core.recipe``)."""
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
-import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .jsonio import write_json_atomic
+from core.recipe import Choices, RecipeBase, RecipeError, RunSection, save_recipe
+from core.recipe import load_recipe as _load
 
-
-class RecipeError(ValueError):
-    """An invalid recipe; the message names the key or value and what is wrong."""
+__all__ = ["Recipe", "RecipeError", "load_recipe", "save_recipe"]
 
 
 @dataclass
@@ -103,16 +91,11 @@ class TrainSection:
     max_nonfinite: int = 10  # abort after this many non-finite losses in a row
     keep_heads: bool = True  # also export the pretraining heads (heads.safetensors)
     record_keys: bool = False  # write the sample keys each rank trained on to keys_rank{R}.txt (audits)
+    max_corrupt_listed: int = 1000  # corrupt sample keys listed in metrics.json (all are counted)
 
 
 @dataclass
-class RunSection:
-    name: str = "pretrain"  # run directory name
-    output_dir: str = "runs"  # runs/NAME/ holds config, checkpoints, logs, export, metrics
-
-
-@dataclass
-class Recipe:
+class Recipe(RecipeBase):
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
@@ -121,17 +104,10 @@ class Recipe:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     train: TrainSection = field(default_factory=TrainSection)
-    run: RunSection = field(default_factory=RunSection)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir) / self.run.name
+    run: RunSection = field(default_factory=lambda: RunSection(name="pretrain"))
 
 
-CHOICES = {
+CHOICES: Choices = {
     ("masking", "kind"): ("cluster", "random"),
     ("objective", "mode"): ("one_pass", "two_pass"),
     ("optim", "name"): ("adam", "adamw"),
@@ -140,135 +116,7 @@ CHOICES = {
 }
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return RecipeError(f"unknown key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
-
-
-def _check_type(value: Any, tp: Any, where: str) -> Any:
-    """Validate (and lightly coerce) ``value`` against a dataclass field annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _check_type(value, a, where)
-            except RecipeError as e:
-                errors.append(str(e))
-        raise RecipeError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if tp is Any:
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, inner, where) for v in value]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a table, got {value!r}")
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is bool and not isinstance(value, bool):
-        raise RecipeError(f"{where}: expected true or false, got {value!r}")
-    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise RecipeError(f"{where}: expected an integer, got {value!r}")
-    if isinstance(tp, type) and not isinstance(value, tp):
-        raise RecipeError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str, choices: dict | None = None) -> Any:
-    hints = typing.get_type_hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in hints:
-            raise _unknown_key(key, valid, where)
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise RecipeError(f"{where}{key}: expected a table [{key}], got {value!r}")
-            kwargs[key] = _build(tp, value, f"{where}{key}.", choices)
-        else:
-            kwargs[key] = _check_type(value, tp, f"{where}{key}")
-    obj = cls(**kwargs)
-    section = where.rstrip(".")
-    for f in dataclasses.fields(cls):
-        allowed = (CHOICES if choices is None else choices).get((section, f.name))
-        if allowed and getattr(obj, f.name) not in allowed:
-            raise RecipeError(f"{where}{f.name}: {getattr(obj, f.name)!r} is not one of {', '.join(allowed)}")
-    return obj
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value as TOML (numbers, booleans, lists, quoted strings, ``{k = v}`` tables) or
-    JSON (``{"k": v}``), else the raw string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        pass
-    if text[:1] in "{[":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            pass
-    return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a raw recipe dict (before validation)."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected section.key=value")
-        path, text = item.split("=", 1)
-        keys = path.strip().split(".")
-        if len(keys) < 2:
-            raise RecipeError(f"--set {item!r}: expected section.key=value (e.g. optim.lr=1e-4)")
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise RecipeError(f"--set {item!r}: {k} is not a section")
-        node[keys[-1]] = parse_value(text.strip())
-    return data
-
-
-def recipe_from_dict(
-    data: dict[str, Any], overrides: list[str] | None = None, cls: type = Recipe, choices: dict | None = None
-) -> Any:
-    data = apply_overrides(json.loads(json.dumps(data)), overrides or [])
-    return _build(cls, data, "", choices)
-
-
-def load_recipe(
-    path: str | Path | None, overrides: list[str] | None = None, cls: type = Recipe, choices: dict | None = None
-) -> Any:
-    """Load and validate a TOML recipe (``None`` = all defaults), then apply ``--set`` overrides.
-
-    ``cls``/``choices``: another recipe dataclass and its allowed values (the fine-tuning recipe)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe {path} not found")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise RecipeError(f"recipe {path}: invalid TOML ({e})") from e
-    try:
-        return recipe_from_dict(data, overrides, cls, choices)
-    except RecipeError as e:
-        where = f"recipe {path}: " if path else ""
-        raise RecipeError(f"{where}{e}") from None
-
-
-def save_recipe(recipe: Any, path: str | Path) -> None:
-    """Write the resolved recipe as JSON (atomically)."""
-    write_json_atomic(path, dataclasses.asdict(recipe))
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a pretraining recipe (``None`` = all defaults) with strict keys and ``--set`` overrides."""
+    recipe: Recipe = _load(path, overrides, Recipe, CHOICES)
+    return recipe

@@ -34,8 +34,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
+from core import shard_format as fmt
+
+from .config import DataSection
 from .features import FeatureConfig, Normalization, model_input, pad_waves
-from .patches import samples_for_frames
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +89,9 @@ def resolve_shards(spec: str | list[str], allow_pipe: bool = False) -> ShardSet:
     if isinstance(spec, str) and "://" not in spec and not spec.startswith("pipe:"):
         p = Path(spec)
         if p.is_dir():
-            if not (p / "index.json").is_file():
-                raise DataError(f"{p}: directory has no index.json (give a brace pattern or a list of shards)")
-            return _index_urls(p / "index.json")
+            if not (p / fmt.INDEX_FILE).is_file():
+                raise DataError(f"{p}: directory has no {fmt.INDEX_FILE} (give a brace pattern or a list of shards)")
+            return _index_urls(p / fmt.INDEX_FILE)
         if p.suffix == ".json":
             if not p.is_file():
                 raise DataError(f"shard index {p} not found")
@@ -138,16 +140,16 @@ class SampleCounters:
 
 def decode_sample(sample: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """Audio and metadata of a raw tar sample; raises on anything corrupt."""
-    audio_key = next((k for k in ("flac", "wav", "ogg", "mp3") if k in sample), None)
+    audio_key = next((k for k in fmt.READABLE_AUDIO_MEMBERS if k in sample), None)
     if audio_key is None:
         raise ValueError("no audio member")
     wave, sr = sf.read(io.BytesIO(sample[audio_key]), dtype="float32", always_2d=True)
-    if sr != 16000:
-        raise ValueError(f"sample rate {sr}, expected 16000")
+    if sr != fmt.SAMPLE_RATE:
+        raise ValueError(f"sample rate {sr}, expected {fmt.SAMPLE_RATE}")
     wave = wave.mean(axis=1)
     if wave.size == 0 or not np.isfinite(wave).all():
         raise ValueError("empty or non-finite audio")
-    meta = json.loads(sample["json"]) if "json" in sample else {}
+    meta = fmt.decode_meta(sample[fmt.META_MEMBER]) if fmt.META_MEMBER in sample else {}
     return wave, meta
 
 
@@ -168,7 +170,7 @@ class ShardStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
-        shuffle_buffer: int = 1000,
+        shuffle_buffer: int = DataSection.shuffle_buffer,
         features: FeatureConfig | None = None,
         normalization: Normalization | None = None,
         compute_features: bool = True,
@@ -193,7 +195,7 @@ class ShardStream(IterableDataset):
         self.drop_last = drop_last and mode == "train"
         # Keep a sample with this probability (0 drops it: fold filters; <1: balanced sampling).
         self.sample_weight = sample_weight
-        self.max_samples = samples_for_frames(target_frames, self.features.frame_length, self.features.frame_shift)
+        self.max_samples = self.features.num_samples(target_frames)
         self.epoch = 0
         # Resume: batch index within the epoch and each logical worker's raw-sample count at that point.
         self.start_batch = 0
@@ -268,7 +270,7 @@ class ShardStream(IterableDataset):
 
     def _keep(self, sample: dict[str, Any], worker: int, raw_index: int) -> bool:
         try:
-            w = self.sample_weight(json.loads(sample.get("json", b"{}")))
+            w = self.sample_weight(json.loads(sample.get(fmt.META_MEMBER, b"{}")))
         except (ValueError, TypeError):
             return True  # let decoding report the corrupt sample
         if w >= 1.0:

@@ -20,12 +20,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .backbones import BackboneOutput, backbone_class, build_backbone, make_backbone_config
+from .config import DataSection, ModelSection
 from .features import FeatureConfig, Normalization
 from .patches import grid_shape
 
 FORMAT_VERSION = 1
+# The export's file names (the contract between the stages; every reader and writer imports them).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+HEADS_NAME = "heads.safetensors"  # the SSAST pretraining heads (continued pretraining)
+CLASSIFIER_HEAD_NAME = "classifier_head.safetensors"  # an imported AST checkpoint's classifier
+# Where a classifier head's LayerNorm and Linear sit in classifier_head.safetensors and in a fine-tuned model's
+# weights (a fine-tuned export also records its own in config.json ``task.head_keys``).
+CLASSIFIER_HEAD_KEYS = {"norm": "head.0", "linear": "head.2"}
 # Sections of config.json that other stages add and the Encoder itself does not read.
 EXTRA_SECTIONS = ("task", "pretraining", "heads")
 
@@ -42,8 +49,8 @@ class EncoderConfig:
     backbone_config: dict[str, Any] = field(default_factory=dict)
     patch: tuple[int, int] = (16, 16)
     stride: tuple[int, int] = (16, 16)
-    input_frames: int = 1024
-    num_mel_bins: int = 128
+    input_frames: int = DataSection.target_frames
+    num_mel_bins: int = ModelSection.num_mel_bins
     # Grid the positional parameters are stored for; other grids are adapted on the fly.
     pos_grid: tuple[int, int] | None = None
     token_order: str = "time-major"
@@ -105,7 +112,7 @@ class EncoderOutput:
 
 
 class Encoder(nn.Module):
-    """``Encoder(config)(fbank, mask=None)`` -> per-patch features; see DESIGN's Encoder contract."""
+    """``Encoder(config)(fbank, mask=None)`` -> per-patch features; see the Encoder contract in ARCHITECTURE.md."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
@@ -210,21 +217,31 @@ class Encoder(nn.Module):
         return model
 
 
+def key_mismatch(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...] | None],
+                 optional: dict[str, tuple[int, ...] | None] | None = None) -> str | None:
+    """The one strict-key report: every missing, unexpected and mis-shaped key (None: all match).
+
+    ``expected``/``optional`` map a key to its shape (None: any shape); optional keys may be absent."""
+    optional = optional or {}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected) - set(optional))
+    wrong = [f"{k}: shape {tuple(state[k].shape)} in file, {tuple(shape)} expected"
+             for k, shape in sorted((expected | optional).items())
+             if k in state and shape is not None and tuple(state[k].shape) != tuple(shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:12]}{' ...' if len(missing) > 12 else ''}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:12]}{' ...' if len(unexpected) > 12 else ''}")
+    parts += wrong[:12]
+    return "; ".join(parts) or None
+
+
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` that names every missing, unexpected or mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
-        for k in shapes[:10]:
-            parts.append(f"{k}: shape {tuple(state[k].shape)} in file, {tuple(own[k].shape)} in model")
-        raise ExportError(f"{source} does not match the model: " + "; ".join(parts))
+    problems = key_mismatch(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    if problems:
+        raise ExportError(f"{source} does not match the model: {problems}")
     model.load_state_dict(state, strict=True)
 
 

@@ -12,7 +12,7 @@ log floored at float32 epsilon). ``fbank_reference`` is that call itself, kept a
 Features are laid out ``(batch, frames, mel)``. Padding frames are zeros *before* normalization, as
 SSAST/AST/HF do, so after ``normalize`` they become ``+mean / (2 * std)``. ``pad_or_crop`` brings
 fbanks to a fixed number of frames (SSAST's tail pad / cut; random crops for training) and
-``RunningStats`` accumulates a dataset's mean/std over real frames.
+``RunningStats`` (in :mod:`pretrain.stats`) accumulates a dataset's mean/std over real frames.
 
 Parity: max abs difference to torchaudio ≤ 1e-6 typically, ≤ ~1e-4 in the worst low band (tests
 demand ≤ 1e-3): every float32 operation on the frame samples is kaldi's, in kaldi's order, because
@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor
 
+from .config import ModelSection
+
 # AudioSet statistics used by AST/SSAST (the default when a dataset's own are unknown).
 AUDIOSET_MEAN = -4.2677393
 AUDIOSET_STD = 4.5689974
@@ -49,7 +51,7 @@ class FeatureConfig:
     """Parameters of the fbank; recorded in every exported ``config.json``."""
 
     sample_rate: int = 16000
-    num_mel_bins: int = 128
+    num_mel_bins: int = ModelSection.num_mel_bins
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0
     window_type: str = "hanning"
@@ -84,6 +86,10 @@ class FeatureConfig:
         if num_samples < self.frame_length:
             return 0
         return 1 + (num_samples - self.frame_length) // self.frame_shift
+
+    def num_samples(self, num_frames: int) -> int:
+        """Fewest samples that give ``num_frames`` frames (the inverse of ``num_frames``)."""
+        return self.frame_length + (num_frames - 1) * self.frame_shift if num_frames > 0 else 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field when a value is outside what ``fbank`` supports."""
@@ -511,69 +517,3 @@ def model_input(
     feats, frames = fbank(waves, lengths, config)
     feats, frames = pad_or_crop(feats, frames, target_frames, crop="start")
     return normalize(feats, norm), frames
-
-
-class RunningStats:
-    """Mean and std of un-normalized fbank values over real (non-padded) frames, mergeable.
-
-    Exact over every value seen (float64 sum, sum of squares and count), unlike AST's
-    ``get_norm_stats.py`` which averages per-batch means and stds. Merge the partial stats of
-    several workers or ranks with ``merge`` (or all-reduce ``to_tensor()`` and ``from_tensor``).
-    """
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.total_sq = 0.0
-        self.count = 0
-
-    def update(self, features: Tensor, num_frames: Tensor | None = None) -> RunningStats:
-        """Add ``(B, T, F)`` (or ``(T, F)``) fbanks; only the first ``num_frames[b]`` frames count."""
-        if features.dim() == 2:
-            features = features.unsqueeze(0)
-        if features.dim() != 3:
-            raise ValueError(f"RunningStats.update expects (B, T, F) features, got {tuple(features.shape)}")
-        x = features.detach().to(torch.float64)
-        if num_frames is not None:
-            num_frames = torch.as_tensor(num_frames, device=x.device).long()
-            real = torch.arange(x.shape[1], device=x.device) < num_frames[:, None]
-            x = x * real[:, :, None]
-            count = int(num_frames.clamp(0, x.shape[1]).sum()) * x.shape[2]
-        else:
-            count = x.numel()
-        self.total += float(x.sum())
-        self.total_sq += float(x.square().sum())
-        self.count += count
-        return self
-
-    def merge(self, other: RunningStats) -> RunningStats:
-        """Add another accumulator's values into this one (in place) and return self."""
-        self.total += other.total
-        self.total_sq += other.total_sq
-        self.count += other.count
-        return self
-
-    def to_tensor(self) -> Tensor:
-        """``[sum, sum of squares, count]`` in float64, e.g. for an all-reduce across ranks."""
-        return torch.tensor([self.total, self.total_sq, float(self.count)], dtype=torch.float64)
-
-    @classmethod
-    def from_tensor(cls, values: Tensor) -> RunningStats:
-        stats = cls()
-        stats.total, stats.total_sq, count = (float(v) for v in values.tolist())
-        stats.count = int(round(count))
-        return stats
-
-    @property
-    def mean(self) -> float:
-        if self.count == 0:
-            raise ValueError("RunningStats: no values seen yet")
-        return self.total / self.count
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation (numpy's default, ddof=0)."""
-        mean = self.mean
-        return math.sqrt(max(self.total_sq / self.count - mean * mean, 0.0))
-
-    def normalization(self) -> Normalization:
-        return Normalization(mean=self.mean, std=self.std)

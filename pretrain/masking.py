@@ -1,6 +1,6 @@
 """Which patches to mask for SSAST pretraining: random masks and SSAST's cluster masks, batched.
 
-A mask is ``(B, N)`` bool, True = masked, over the time-major patch grid of DESIGN
+A mask is ``(B, N)`` bool, True = masked, over the time-major patch grid (ARCHITECTURE.md)
 (``index = t * nf + f``). Every function takes ``valid`` ``(B, N)`` bool (False = a patch that
 is only zero padding, see :func:`pretrain.patches.valid_patches`) and never masks an invalid
 patch; each clip gets **exactly** its requested count. All randomness comes from the optional

@@ -1,13 +1,11 @@
 """Patch grid geometry: grid size, patchify/unpatchify, valid (non-padding) patches, position embeddings.
 
-Conventions (DESIGN): input fbank ``(B, T, F)``; a patch covers ``pt`` frames x ``pf`` mel bins;
+Conventions (ARCHITECTURE.md, patch grid): input fbank ``(B, T, F)``; a patch covers ``pt`` frames x ``pf`` mel bins;
 stride ``(st, sf)``; grid ``(nt, nf)``; token order time-major ``index = t * nf + f``; inside a
 patch, values are ordered time-major too (``(i, j) -> i * pf + j``, i = frame, j = mel bin).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -79,17 +77,14 @@ def resize_pos_embed(
     return x.permute(0, 2, 3, 1).reshape(1, nt * nf, d)
 
 
-def frames_for_samples(num_samples: int, frame_length: int = 400, frame_shift: int = 160) -> int:
-    """Kaldi (snip_edges) frame count of a waveform of ``num_samples`` samples."""
-    if num_samples < frame_length:
-        return 0
-    return 1 + (num_samples - frame_length) // frame_shift
+# SSAST/AST order their tokens frequency-major; these convert (each is the other's inverse).
+def freq_to_time_major(x: torch.Tensor, nf: int, nt: int, dim: int = 1) -> torch.Tensor:
+    """Reorder ``nf * nt`` tokens along ``dim`` from index ``f * nt + t`` to ``t * nf + f``."""
+    shape = list(x.shape)
+    y = x.reshape(shape[:dim] + [nf, nt] + shape[dim + 1 :]).transpose(dim, dim + 1)
+    return y.reshape(shape).contiguous()
 
 
-def samples_for_frames(num_frames: int, frame_length: int = 400, frame_shift: int = 160) -> int:
-    """Fewest samples that give ``num_frames`` kaldi frames."""
-    return frame_length + (num_frames - 1) * frame_shift if num_frames > 0 else 0
-
-
-def ceil_div(a: int, b: int) -> int:
-    return int(math.ceil(a / b))
+def time_to_freq_major(x: torch.Tensor, nt: int, nf: int, dim: int = 1) -> torch.Tensor:
+    """Inverse of :func:`freq_to_time_major`: index ``t * nf + f`` -> ``f * nt + t``."""
+    return freq_to_time_major(x, nt, nf, dim)

@@ -3,291 +3,40 @@
 bf16 on GPU and fp32 on CPU automatically, gradient accumulation and clipping, SSAST's or a cosine
 schedule, atomic ``save_state`` checkpoints with the stream position (exact resume), TensorBoard
 logs, validation, non-finite losses skipped on every rank together, export at the end.
+The method is :mod:`pretrain.ssast`; what the loop runs on is built by :func:`pretrain.session.setup`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import shutil
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save_file
 
-from .config import Recipe, save_recipe
-from .data import ShardSet, ShardStream, make_loader, resolve_shards
-from .encoder import Encoder, EncoderConfig, load_state_strict
-from .features import FeatureConfig, Normalization
-from .jsonio import write_json_atomic
-from .masking import make_mask, mask_count_for
-from .objective import SSASTObjective, patch_targets
-from .patches import valid_patches
+from core.jsonio import write_json_atomic
+from core.progress import Progress
+
+from .checkpoint import TrainingError, save_checkpoint
+from .config import Recipe
+from .data import ShardSet, ShardStream, make_loader
+from .encoder import HEADS_NAME
+from .session import Session, setup
+from .ssast import Pretrainer, build_masks, step_generator
+
+__all__ = ["TrainingError", "train", "validate"]
 
 log = logging.getLogger("pretrain")
+_LOGGED = ("loss", "loss_d", "loss_g", "acc")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why."""
-
-
-# ----------------------------------------------------------------------------- model
-class Pretrainer(nn.Module):
-    """Encoder + SSAST heads; one ``forward`` computes the whole loss (one or two encoder passes),
-    so DDP sees exactly one forward per backward."""
-
-    def __init__(self, encoder: Encoder, nce_weight: float = 1.0, mse_weight: float = 10.0):
-        super().__init__()
-        self.encoder = encoder
-        pt, pf = encoder.config.patch
-        self.objective = SSASTObjective(encoder.dim, pt * pf, nce_weight=nce_weight, mse_weight=mse_weight)
-
-    def forward(self, fbank: torch.Tensor, masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        targets = patch_targets(fbank, self.encoder.config.patch)
-        if len(masks) == 1:  # one pass: both losses from one masked encoder pass
-            feats = self.encoder(fbank, masks[0]).patches
-            return self.objective(feats, targets, masks[0])
-        # SSAST's original: two masks, two passes (discriminative, then generative)
-        feats_d = self.encoder(fbank, masks[0]).patches
-        feats_g = self.encoder(fbank, masks[1]).patches
-        d = self.objective.discriminative(feats_d, targets, masks[0])
-        g = self.objective.generative(feats_g, targets, masks[1])
-        loss = self.objective.nce_weight * d["loss_d"] + self.objective.mse_weight * g["loss_g"]
-        return {**d, **g, "loss": loss}
-
-
-def build_encoder(recipe: Recipe, normalization: Normalization, trained_on: dict[str, Any]) -> Encoder:
-    """A new Encoder from the recipe, or the export named by ``model.init_from``."""
-    m = recipe.model
-    if m.init_from:
-        enc = Encoder.from_pretrained(m.init_from)
-        enc.config.normalization = normalization
-        return enc
-    from .backbones import make_backbone_config
-
-    bconf = make_backbone_config(m.backbone, m.preset, **m.backbone_config)
-    cfg = EncoderConfig(
-        backbone=m.backbone,
-        backbone_config=asdict(bconf),
-        patch=tuple(m.patch),
-        stride=tuple(m.stride or m.patch),
-        input_frames=recipe.data.target_frames,
-        num_mel_bins=m.num_mel_bins,
-        mask_embedding=m.mask_embedding,
-        features=FeatureConfig(num_mel_bins=m.num_mel_bins),
-        normalization=normalization,
-        trained_on=trained_on,
-    )
-    if tuple(cfg.stride) != tuple(cfg.patch):
-        raise TrainingError(f"pretraining needs non-overlapping patches: stride {cfg.stride} != patch {cfg.patch}")
-    return Encoder(cfg)
-
-
-def resolve_normalization(recipe: Recipe) -> Normalization:
-    f = recipe.features
-    if f.stats:
-        try:
-            stats = json.loads(Path(f.stats).read_text())
-            return Normalization(mean=float(stats["mean"]), std=float(stats["std"]))
-        except (OSError, KeyError, ValueError) as e:
-            raise TrainingError(f"features.stats {f.stats}: cannot read mean/std ({e})") from e
-    if (f.mean is None) != (f.std is None):
-        raise TrainingError("features.mean and features.std must be given together")
-    return Normalization(mean=f.mean, std=f.std) if f.mean is not None else Normalization()
-
-
-# ----------------------------------------------------------------------------- optimizer, schedule
-def param_groups(model: nn.Module, weight_decay: float, no_decay: set[str]) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms, embeddings named by ``no_decay`` excluded."""
-    decay, skip = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (skip if p.ndim <= 1 or name in no_decay else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": skip, "weight_decay": 0.0}]
-
-
-def build_optimizer(recipe: Recipe, model: Pretrainer) -> torch.optim.Optimizer:
-    o = recipe.optim
-    no_decay = {"encoder." + n for n in model.encoder.no_weight_decay()}
-    if o.name == "adam":  # SSAST: Adam with L2-style weight decay
-        return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                weight_decay=o.weight_decay)
-    return torch.optim.AdamW(param_groups(model, o.weight_decay, no_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-
-
-def warmup_cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float,
-                     cosine: bool) -> float | None:
-    """Linear warmup from 0, then (if ``cosine``) a half-cosine to ``min_lr`` at ``total_steps``;
-    None after the warmup of a non-cosine schedule (the caller's own decay applies)."""
-    if warmup_steps and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    if cosine:
-        t = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_lr + (base_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-    return None
-
-
-class LRSchedule:
-    """Linear warmup, then SSAST's halve-on-plateau, a cosine decay, or constant. Checkpointable."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, recipe: Recipe):
-        self.optimizer, self.cfg = optimizer, recipe.schedule
-        self.base_lr, self.max_steps = recipe.optim.lr, recipe.train.max_steps
-        self.scale, self.best, self.bad = 1.0, -math.inf, 0
-
-    def lr_at(self, step: int) -> float:
-        c = self.cfg
-        lr = warmup_cosine_lr(step, self.base_lr, c.warmup_steps, self.max_steps, c.min_lr, c.name == "cosine")
-        return lr if lr is not None else max(c.min_lr, self.base_lr * self.scale)
-
-    def apply(self, step: int) -> float:
-        lr = self.lr_at(step)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-        return lr
-
-    def report(self, metric: float) -> bool:
-        """SSAST: halve the LR when the validation metric has not improved for ``patience`` checks."""
-        if self.cfg.name != "ssast":
-            return False
-        if metric > self.best:
-            self.best, self.bad = metric, 0
-            return False
-        self.bad += 1
-        if self.bad > self.cfg.plateau_patience:
-            self.scale *= self.cfg.plateau_factor
-            self.bad = 0
-            return True
-        return False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "best": self.best, "bad": self.bad}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale, self.best, self.bad = state["scale"], state["best"], state["bad"]
-
-
-@dataclass
-class TrainState:
-    """Counters saved with every checkpoint (registered with accelerate)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    samples_seen: int = 0
-    seconds_seen: float = 0.0
-    nonfinite_in_a_row: int = 0
-    skipped_steps: int = 0
-    corrupt_samples: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k, v in state.items():
-            setattr(self, k, v)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    ckpt = run_dir / "checkpoints"
-    if not ckpt.is_dir():
-        return []
-    done = [p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
-    return sorted(done, key=lambda p: int(p.name[5:]))
-
-
-def save_checkpoint(acc: Accelerator, run_dir: Path, state: TrainState, positions: dict[int, int], keep: int) -> None:
-    """``save_state`` into a temporary directory, then rename: a checkpoint either exists whole or not at all."""
-    final = run_dir / "checkpoints" / f"step-{state.step}"
-    tmp = run_dir / "checkpoints" / f".tmp-step-{state.step}"
-    if acc.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp))
-    # The stream position of this rank (accelerate saves no state for a webdataset stream).
-    pos = {"epoch": state.epoch, "batch_in_epoch": state.batch_in_epoch, "raw": {str(k): v for k, v in positions.items()}}
-    (tmp / f"stream_rank{acc.process_index}.json").write_text(json.dumps(pos))
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def load_checkpoint(acc: Accelerator, path: Path) -> dict[int, int]:
-    acc.load_state(str(path))
-    pos_file = path / f"stream_rank{acc.process_index}.json"
-    if not pos_file.is_file():
-        raise TrainingError(f"{path}: no {pos_file.name}; was this checkpoint written with another number of processes?")
-    pos = json.loads(pos_file.read_text())
-    return {int(k): v for k, v in pos["raw"].items()}
-
-
-# ----------------------------------------------------------------------------- helpers
-def make_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
-    use_cpu = not torch.cuda.is_available()
-    mp = recipe.train.mixed_precision
-    if mp == "auto":
-        mp = "no" if use_cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    return Accelerator(
-        cpu=use_cpu,
-        mixed_precision=mp,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-    )
-
-
-def step_generator(seed: int, step: int, rank: int, micro: int, which: int = 0) -> torch.Generator:
-    """Masks are a pure function of (seed, step, rank, micro-batch): identical after a resume."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729 + micro * 31 + which) % (2**63))
-    return g
-
-
-def build_masks(recipe: Recipe, encoder: Encoder, num_frames: torch.Tensor, frames: int, gen_seeds: list[torch.Generator]) -> list[torch.Tensor]:
-    grid = encoder.grid_for(frames)
-    valid = valid_patches(num_frames.cpu(), grid, encoder.config.patch, encoder.config.stride)
-    total = grid[0] * grid[1]
-    counts = mask_count_for(valid.sum(1), min(recipe.masking.count, total - 1), total)
-    return [make_mask(recipe.masking.kind, valid, grid, counts, generator=g) for g in gen_seeds]
-
-
-class Progress:
-    """A one-line progress report on stderr (main process only)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.t0, self.last = total, enabled, time.time(), 0.0
-
-    def update(self, step: int, text: str, force: bool = False) -> None:
-        now = time.time()
-        if not self.enabled or (not force and now - self.last < 1.0):
-            return
-        self.last = now
-        rate = step / max(now - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("inf")
-        line = f"step {step}/{self.total} {text} | {rate:.2f} steps/s | ETA {eta / 60:.1f} min"
-        end = "\r" if sys.stderr.isatty() and not force else "\n"
-        print(line, file=sys.stderr, end=end, flush=True)
-
-
-# ----------------------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(acc: Accelerator, recipe: Recipe, model: Pretrainer, shards: ShardSet, stream_kw: dict[str, Any]) -> dict[str, float]:
     """Loss and masked accuracy over the validation shards (each sample once), averaged over ranks."""
@@ -300,7 +49,8 @@ def validate(acc: Accelerator, recipe: Recipe, model: Pretrainer, shards: ShardS
             break
         fbank, frames = _features(batch, stream, acc.device)
         gens = [step_generator(recipe.train.seed + 1, i, acc.process_index, 0, w) for w in range(1)]
-        masks = [m.to(acc.device) for m in build_masks(recipe, model.encoder, frames, fbank.shape[1], gens)]
+        m = recipe.masking
+        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, model.encoder, frames, fbank.shape[1], gens)]
         with acc.autocast():
             out = model(fbank, masks)
         n = fbank.shape[0]
@@ -320,189 +70,174 @@ def _features(batch: dict[str, Any], stream: ShardStream, device: torch.device) 
     return fb, frames.cpu()
 
 
-# ----------------------------------------------------------------------------- main loop
+@dataclass
+class Tally:
+    """What the loop reports: the window of losses since the last log line, the history, the corrupt keys."""
+
+    window: dict[str, list[float]] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    validation: dict[str, float] = field(default_factory=dict)
+    corrupt_list: list[str] = field(default_factory=list)
+    t_log: float = field(default_factory=time.time)
+    samples_log: int = 0
+
+
 def train(recipe: Recipe) -> Path:
     """Run (or resume) pretraining as the recipe says; returns the export directory."""
-    run_dir = recipe.run_dir
-    acc = make_accelerator(recipe, run_dir)
-    is_main = acc.is_main_process
-    shards = resolve_shards(recipe.data.train, recipe.data.allow_pipe)
-    valid = resolve_shards(recipe.data.valid, recipe.data.allow_pipe) if recipe.data.valid else None
-    normalization = resolve_normalization(recipe)
-    set_seed(recipe.train.seed)
-    encoder = build_encoder(recipe, normalization, {"shards": shards.source, "num_samples": shards.num_samples})
-    if recipe.model.gradient_checkpointing:
-        encoder.set_gradient_checkpointing(True)
-    model = Pretrainer(encoder, recipe.objective.nce_weight, recipe.objective.mse_weight)
-    heads = Path(recipe.model.init_from or "") / "heads.safetensors"
-    if recipe.model.init_from and heads.is_file():  # continue pretraining with the exported heads
-        load_state_strict(model.objective, load_file(str(heads)), str(heads))
-    optimizer = build_optimizer(recipe, model)
-    model, optimizer = acc.prepare(model, optimizer)
-    core: Pretrainer = acc.unwrap_model(model)
-    schedule = LRSchedule(optimizer, recipe)
-    state = TrainState()
-    acc.register_for_checkpointing(state, schedule)
-
+    s = setup(recipe)
     t = recipe.train
-    world, rank = acc.num_processes, acc.process_index
-    samples_per_epoch = recipe.data.samples_per_epoch or shards.num_samples
-    if not samples_per_epoch:
-        raise TrainingError(f"{shards.source}: the sample count is unknown (no index.json); set data.samples_per_epoch")
-    batches_per_epoch = max(1, samples_per_epoch // (t.batch_size * world))
-    run_dir.mkdir(parents=True, exist_ok=True)  # every rank writes its own files there
-    if is_main:
-        save_recipe(recipe, run_dir / "config.json")
-        params = sum(p.numel() for p in core.encoder.parameters())
-        print(
-            f"pretrain: {recipe.model.backbone} encoder {params / 1e6:.2f}M params | {world} process(es) on {acc.device} "
-            f"| precision {acc.mixed_precision} | global batch {t.batch_size} x {world} x {t.grad_accum} = "
-            f"{t.batch_size * world * t.grad_accum} | {len(shards.urls)} shards, {batches_per_epoch} batches/epoch/rank",
-            file=sys.stderr,
-        )
-        acc.init_trackers(recipe.run.name, config=_flat_hparams(recipe))
-    else:
-        acc.init_trackers(recipe.run.name)
-
-    positions: dict[int, int] = {}
-    checkpoints = list_checkpoints(run_dir)
-    if checkpoints:
-        positions = load_checkpoint(acc, checkpoints[-1])
-        if is_main:
-            print(f"pretrain: resumed from {checkpoints[-1]} (step {state.step})", file=sys.stderr)
-
-    stream_kw = dict(
-        batch_size=t.batch_size, target_frames=recipe.data.target_frames, seed=t.seed, rank=rank, world_size=world,
-        features=core.encoder.config.features, normalization=normalization, compute_features=not recipe.features.on_device,
-    )
-    stream = ShardStream(shards, mode="train", num_workers=recipe.data.num_workers,
-                         shuffle_buffer=recipe.data.shuffle_buffer, **stream_kw)
-    progress = Progress(t.max_steps, is_main)
-    window: dict[str, list[float]] = {}
-    val_metrics: dict[str, float] = {}
-    history: list[dict[str, float]] = []
-    two_pass = recipe.objective.mode == "two_pass"
-    it = None
-    t_log, samples_log = time.time(), 0
-    corrupt_list: list[str] = []
-    keys_file = open(run_dir / f"keys_rank{rank}.txt", "a") if t.record_keys else None  # noqa: SIM115
-
-    while state.step < t.max_steps:
-        if it is None or state.batch_in_epoch >= batches_per_epoch:
-            if it is not None:
-                state.epoch, state.batch_in_epoch, positions = state.epoch + 1, 0, {}
-            stream.set_epoch(state.epoch, state.batch_in_epoch, positions)
-            it = iter(make_loader(stream))
-        lr = schedule.apply(state.step)
-        bad = False
-        outs = []
-        for micro in range(t.grad_accum):
-            batch = next(it)
-            state.batch_in_epoch += 1
-            positions[batch["worker"]] = batch["raw"]
-            if keys_file is not None:
-                keys_file.write("\n".join(batch["keys"]) + "\n")
-            fbank, frames = _features(batch, stream, acc.device)
-            gens = [step_generator(t.seed, state.step, rank, micro, w) for w in range(2 if two_pass else 1)]
-            masks = [m.to(acc.device) for m in build_masks(recipe, core.encoder, frames, fbank.shape[1], gens)]
-            sync = acc.no_sync(model) if micro < t.grad_accum - 1 else nullcontext()
-            with sync, acc.autocast():
-                out = model(fbank, masks)
-                finite = torch.isfinite(out["loss"].detach()).float()
-                finite = acc.reduce(finite, reduction="sum").item() == world  # every rank agrees first
-                if finite:
-                    acc.backward(out["loss"] / t.grad_accum)
-                else:
-                    bad = True
-            outs.append({k: v.detach().float().item() for k, v in out.items() if k in ("loss", "loss_d", "loss_g", "acc")})
-            state.samples_seen += fbank.shape[0] * world
-            state.seconds_seen += batch["seconds"] * world
-            samples_log += fbank.shape[0] * world
-            if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
-                state.corrupt_samples += len(batch["corrupt_keys"])
-                corrupt_list.extend(batch["corrupt_keys"][: max(0, 1000 - len(corrupt_list))])
-                if is_main:
-                    print(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): {batch['corrupt_keys'][0]}",
-                          file=sys.stderr)
-        grad_norm = float("nan")
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            state.nonfinite_in_a_row += 1
-            state.skipped_steps += 1
-            if is_main:
-                log.warning("step %d: non-finite loss on some rank; step skipped on every rank", state.step)
-                print(f"warning: step {state.step}: non-finite loss, step skipped", file=sys.stderr)
-            if state.nonfinite_in_a_row >= t.max_nonfinite:
-                raise TrainingError(
-                    f"{state.nonfinite_in_a_row} non-finite losses in a row at step {state.step}; aborting "
-                    "(lower optim.lr, enable optim.clip_grad_norm, or check the data)"
-                )
+    progress = Progress(t.max_steps, "pretrain", initial=s.state.step, enabled=s.is_main)
+    tally = Tally()
+    keys_file = open(s.run_dir / f"keys_rank{s.acc.process_index}.txt", "a") if t.record_keys else None  # noqa: SIM115
+    batches = None
+    while s.state.step < t.max_steps:
+        if batches is None or s.state.batch_in_epoch >= s.batches_per_epoch:
+            batches = _next_epoch(s, batches is None)
+        lr = s.schedule.apply(s.state.step)
+        outs, bad = _accumulate(s, batches, tally, keys_file, progress)
+        grad_norm = _optimizer_step(s, bad, progress)
+        s.state.step += 1
+        for k in _LOGGED:
+            tally.window.setdefault(k, []).append(sum(o[k] for o in outs) / len(outs))
+        if s.state.step % t.log_every == 0 or s.state.step == t.max_steps:
+            _log(s, tally, lr, grad_norm, progress)
         else:
-            state.nonfinite_in_a_row = 0
-            if recipe.optim.clip_grad_norm > 0:
-                grad_norm = float(acc.clip_grad_norm_(model.parameters(), recipe.optim.clip_grad_norm))
-            else:
-                grads = [p.grad for p in model.parameters() if p.grad is not None]
-                grad_norm = float(torch.nn.utils.get_total_norm(grads))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        for k in ("loss", "loss_d", "loss_g", "acc"):
-            window.setdefault(k, []).append(sum(o[k] for o in outs) / len(outs))
-
-        if state.step % t.log_every == 0 or state.step == t.max_steps:
-            now = time.time()
-            means = {k: sum(v) / len(v) for k, v in window.items()}
-            logs = {f"train/{k}": v for k, v in means.items()} | {
-                "train/lr": lr, "train/grad_norm": grad_norm,
-                "train/samples_per_s": samples_log / max(now - t_log, 1e-9),
-                "train/hours_seen": state.seconds_seen / 3600, "train/epoch": state.epoch,
-            }
-            acc.log(logs, step=state.step)
-            history.append({"step": state.step, **means})
-            progress.update(state.step, f"loss {means['loss']:.3f} (d {means['loss_d']:.3f} g {means['loss_g']:.4f}) "
-                                        f"acc {means['acc']:.3f} lr {lr:.2e}", force=not sys.stderr.isatty())
-            window, t_log, samples_log = {}, now, 0
-        if valid is not None and (state.step % t.val_every == 0 or state.step == t.max_steps):
-            val_metrics = validate(acc, recipe, core, valid, stream_kw)
-            acc.log(val_metrics, step=state.step)
-            if schedule.report(val_metrics["val/acc"]) and is_main:
-                print(f"pretrain: validation plateau, LR scale now {schedule.scale}", file=sys.stderr)
-            if is_main:
-                print(f"validation at step {state.step}: loss {val_metrics['val/loss']:.4f} acc {val_metrics['val/acc']:.4f}", file=sys.stderr)
-        if t.checkpoint_every and state.step % t.checkpoint_every == 0:
-            save_checkpoint(acc, run_dir, state, positions, t.keep_checkpoints)
-
+            progress.update(s.state.step)
+        if s.valid is not None and (s.state.step % t.val_every == 0 or s.state.step == t.max_steps):
+            _validate(s, tally, progress)
+        if t.checkpoint_every and s.state.step % t.checkpoint_every == 0:
+            save_checkpoint(s.acc, s.run_dir, s.state, s.positions, t.keep_checkpoints)
+    progress.close()
     if keys_file is not None:
         keys_file.close()
+    return _finish(s, tally)
+
+
+def _next_epoch(s: Session, first: bool) -> Iterator[dict[str, Any]]:
+    """The loader of the current epoch (resuming inside it on the first call), or of the next one."""
+    if not first:
+        s.state.epoch, s.state.batch_in_epoch, s.positions = s.state.epoch + 1, 0, {}
+    s.stream.set_epoch(s.state.epoch, s.state.batch_in_epoch, s.positions)
+    return iter(make_loader(s.stream))
+
+
+def _accumulate(s: Session, batches: Iterator[dict[str, Any]], tally: Tally, keys_file,
+                progress: Progress) -> tuple[list[dict[str, float]], bool]:
+    """Forward and backward of ``grad_accum`` micro-batches; True when some rank's loss was not finite."""
+    t, state, acc = s.recipe.train, s.state, s.acc
+    world, rank = acc.num_processes, acc.process_index
+    two_pass = s.recipe.objective.mode == "two_pass"
+    bad = False
+    outs = []
+    for micro in range(t.grad_accum):
+        batch = next(batches)
+        state.batch_in_epoch += 1
+        s.positions[batch["worker"]] = batch["raw"]
+        if keys_file is not None:
+            keys_file.write("\n".join(batch["keys"]) + "\n")
+        fbank, frames = _features(batch, s.stream, acc.device)
+        gens = [step_generator(t.seed, state.step, rank, micro, w) for w in range(2 if two_pass else 1)]
+        m = s.recipe.masking
+        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, s.core.encoder, frames, fbank.shape[1], gens)]
+        sync = acc.no_sync(s.model) if micro < t.grad_accum - 1 else nullcontext()
+        with sync, acc.autocast():
+            out = s.model(fbank, masks)
+            finite = torch.isfinite(out["loss"].detach()).float()
+            finite = acc.reduce(finite, reduction="sum").item() == world  # every rank agrees first
+            if finite:
+                acc.backward(out["loss"] / t.grad_accum)
+            else:
+                bad = True
+        outs.append({k: v.detach().float().item() for k, v in out.items() if k in _LOGGED})
+        state.samples_seen += fbank.shape[0] * world
+        state.seconds_seen += batch["seconds"] * world
+        tally.samples_log += fbank.shape[0] * world
+        if batch["corrupt_keys"]:  # skipped, counted and listed; never fatal
+            state.corrupt_samples += len(batch["corrupt_keys"])
+            tally.corrupt_list.extend(batch["corrupt_keys"][: max(0, t.max_corrupt_listed - len(tally.corrupt_list))])
+            if s.is_main:
+                progress.write(f"warning: skipped {len(batch['corrupt_keys'])} corrupt sample(s): "
+                               f"{batch['corrupt_keys'][0]}")
+    return outs, bad
+
+
+def _optimizer_step(s: Session, bad: bool, progress: Progress) -> float:
+    """Step (after clipping), or skip on every rank when a loss was not finite; returns the gradient norm."""
+    state, acc = s.state, s.acc
+    if bad:
+        s.optimizer.zero_grad(set_to_none=True)
+        state.nonfinite_in_a_row += 1
+        state.skipped_steps += 1
+        if s.is_main:
+            log.warning("step %d: non-finite loss on some rank; step skipped on every rank", state.step)
+            progress.write(f"warning: step {state.step}: non-finite loss, step skipped")
+        if state.nonfinite_in_a_row >= s.recipe.train.max_nonfinite:
+            raise TrainingError(
+                f"{state.nonfinite_in_a_row} non-finite losses in a row at step {state.step}; aborting "
+                "(lower optim.lr, enable optim.clip_grad_norm, or check the data)"
+            )
+        return float("nan")
+    state.nonfinite_in_a_row = 0
+    if s.recipe.optim.clip_grad_norm > 0:
+        grad_norm = float(acc.clip_grad_norm_(s.model.parameters(), s.recipe.optim.clip_grad_norm))
+    else:
+        grads = [p.grad for p in s.model.parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(grads))
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _log(s: Session, tally: Tally, lr: float, grad_norm: float, progress: Progress) -> None:
+    """TensorBoard scalars, a history entry and a progress line from the window since the last log."""
+    now = time.time()
+    means = {k: sum(v) / len(v) for k, v in tally.window.items()}
+    logs = {f"train/{k}": v for k, v in means.items()} | {
+        "train/lr": lr, "train/grad_norm": grad_norm,
+        "train/samples_per_s": tally.samples_log / max(now - tally.t_log, 1e-9),
+        "train/hours_seen": s.state.seconds_seen / 3600, "train/epoch": s.state.epoch,
+    }
+    s.acc.log(logs, step=s.state.step)
+    tally.history.append({"step": s.state.step, **means})
+    progress.update(s.state.step, f"loss {means['loss']:.3f} (d {means['loss_d']:.3f} g {means['loss_g']:.4f}) "
+                                  f"acc {means['acc']:.3f} lr {lr:.2e}", log=True)
+    tally.window, tally.t_log, tally.samples_log = {}, now, 0
+
+
+def _validate(s: Session, tally: Tally, progress: Progress) -> None:
+    assert s.valid is not None
+    tally.validation = validate(s.acc, s.recipe, s.core, s.valid, s.stream_kw)
+    s.acc.log(tally.validation, step=s.state.step)
+    if s.schedule.report(tally.validation["val/acc"]) and s.is_main:
+        progress.write(f"pretrain: validation plateau, LR scale now {s.schedule.scale}")
+    if s.is_main:
+        progress.write(f"validation at step {s.state.step}: loss {tally.validation['val/loss']:.4f} "
+                       f"acc {tally.validation['val/acc']:.4f}")
+
+
+def _finish(s: Session, tally: Tally) -> Path:
+    """Check that every rank holds the same weights; export the encoder (and heads) and the metrics."""
+    acc, state, core, recipe = s.acc, s.state, s.core, s.recipe
     # DDP sanity check: every rank must hold the same parameters at the end.
     checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in core.parameters())], dtype=torch.float64)
     checksums = acc.gather(checksum.to(acc.device)).cpu().tolist()
-    export = run_dir / "export"
+    export = s.run_dir / "export"
     acc.wait_for_everyone()
-    if is_main:
-        trained = {"shards": shards.source, "num_samples": shards.num_samples, "steps": state.step,
+    if s.is_main:
+        trained = {"shards": s.shards.source, "num_samples": s.shards.num_samples, "steps": state.step,
                    "hours_seen": state.seconds_seen / 3600, "recipe": recipe.to_dict()}
         core.encoder.config.trained_on = {k: v for k, v in trained.items() if k != "recipe"}
         core.encoder.save_pretrained(export, extra={"pretraining": {"objective": asdict(recipe.objective), "masking": asdict(recipe.masking)}})
-        if t.keep_heads:
+        if recipe.train.keep_heads:
             heads = {k: v.detach().contiguous().cpu() for k, v in core.objective.state_dict().items()}
-            save_file(heads, str(export / "heads.safetensors"))
+            save_file(heads, str(export / HEADS_NAME))
         metrics = {"steps": state.step, "samples_seen": state.samples_seen, "hours_seen": state.seconds_seen / 3600,
                    "skipped_steps": state.skipped_steps, "corrupt_samples": state.corrupt_samples,
-                   "corrupt_list": corrupt_list,
-                   "processes": world, "rank_param_checksums": checksums,
-                   "final_train": history[-1] if history else {}, "validation": val_metrics, "history": history}
-        write_json_atomic(run_dir / "metrics.json", metrics)
+                   "corrupt_list": tally.corrupt_list,
+                   "processes": acc.num_processes, "rank_param_checksums": checksums,
+                   "final_train": tally.history[-1] if tally.history else {}, "validation": tally.validation,
+                   "history": tally.history}
+        write_json_atomic(s.run_dir / "metrics.json", metrics)
         print(f"pretrain: done, {state.step} steps; encoder exported to {export}", file=sys.stderr)
     acc.end_training()
     return export
-
-
-def _flat_hparams(recipe: Recipe) -> dict[str, Any]:
-    flat = {}
-    for section, values in recipe.to_dict().items():
-        for k, v in values.items():
-            if isinstance(v, (int, float, str, bool)):
-                flat[f"{section}.{k}"] = v
-    return flat

@@ -27,6 +27,8 @@ FORMATS = [  # (extension, libsndfile format, subtype)
     ("flac", "FLAC", "PCM_16"),
     ("ogg", "OGG", "VORBIS"),
     ("mp3", "MP3", "MPEG_LAYER_III"),
+    ("aiff", "AIFF", "PCM_16"),
+    ("wav", "RF64", "PCM_16"),
 ]
 
 
@@ -220,6 +222,52 @@ def test_probe_rejects_header_level_problems(tmp_path, kind):
     path, reason = _write_bad(kind, tmp_path)
     with pytest.raises(AudioError, match=reason):
         probe(path)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("WAV", "FLOAT"), ("RF64", "PCM_24"), ("AIFF", "PCM_16")])
+def test_a_wav_or_aiff_cut_short_is_truncated_not_a_shorter_clip(tmp_path, fmt, subtype):
+    full = tmp_path / "full.x"
+    sf.write(full, _sine(440, 16000, 2.0), 16000, format=fmt, subtype=subtype)
+    cut = tmp_path / "cut.x"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    assert sf.info(str(cut)).frames < 16000  # libsndfile alone would decode it as a 1 s clip
+    with pytest.raises(AudioError, match=r"truncated: the (WAV data|AIFF SSND) chunk holds \d+ of the \d+ bytes"):
+        probe(cut)
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(cut)
+    assert probe(full).frames == 32000
+    # A chunk after the audio (metadata) may be cut without losing audio: still a good file.
+    tail = tmp_path / "tail.x"
+    tail.write_bytes(full.read_bytes() + (b"LIST" if fmt != "AIFF" else b"ANNO") + (100).to_bytes(4, "little"))
+    assert probe(tail).frames == 32000
+
+
+def _mp3(tmp_path, seconds: float = 4.0, sr: int = 16000):
+    path = tmp_path / "full.mp3"
+    sf.write(path, _sine(440, sr, seconds), sr, format="MP3")
+    return path, path.read_bytes()
+
+
+@pytest.mark.timeout(30)
+def test_a_garbled_mp3_is_detected_though_it_decodes_almost_whole(tmp_path):
+    full, data = _mp3(tmp_path)
+    garbled = tmp_path / "garbled.mp3"
+    at = len(data) // 3
+    garbled.write_bytes(data[:at] + bytes(40) + data[at + 40 :])  # a few bytes lost in transfer
+    frames = len(sf.read(str(garbled))[0])
+    # mpg123 resyncs and drops a frame or two: within the slack the decoded-length check allows an MP3
+    assert 64000 - 2 * 1152 < frames < 64000
+    with pytest.raises(AudioError, match=r"garbled: the MPEG frame chain breaks at byte \d+"):
+        probe(garbled)
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2 + 5])
+    with pytest.raises(AudioError, match="truncated|garbled"):
+        probe(cut)
+    tagged = tmp_path / "tagged.mp3"  # ID3v2 before and ID3v1 after the frames: still whole
+    id3v2 = b"ID3\x03\x00\x00" + bytes([0, 0, 0, 20]) + bytes(20)
+    tagged.write_bytes(id3v2 + data + b"TAG" + bytes(125))
+    assert probe(tagged).frames == probe(full).frames == 64000
 
 
 def test_decode_bytes_rejects_bad_bytes():

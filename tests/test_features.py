@@ -15,12 +15,12 @@ from pretrain.features import (
     AUDIOSET_STD,
     FeatureConfig,
     Normalization,
-    RunningStats,
     fbank,
     fbank_reference,
     normalize,
     pad_or_crop,
 )
+from pretrain.stats import RunningStats
 
 pytestmark = pytest.mark.timeout(60)
 

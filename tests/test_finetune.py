@@ -16,16 +16,17 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from core.accel import make_accelerator
 from data_prep import synth
 from data_prep.__main__ import main as data_prep_main
 from finetune.__main__ import main as finetune_main
 from finetune.config import load_finetune_recipe
 from finetune.heads import Classifier, layer_decay_groups, load_encoder
 from finetune.predict import predict
-from finetune.train import FoldWeight, epoch_lr, finetune, finetune_all, predict_shards
+from finetune.session import FoldWeight
+from finetune.train import epoch_lr, finetune, finetune_all, predict_shards
 from pretrain.data import resolve_shards
 from pretrain.encoder import Encoder, EncoderConfig, ExportError
-from pretrain.train import make_accelerator
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "finetune" / "demo.toml"
@@ -267,7 +268,7 @@ def test_evaluation_never_augments(finetuned, shards, monkeypatch):
     recipe = load_finetune_recipe(DEMO, [
         "data.target_frames=128", "data.num_workers=0", "train.batch_size=4", "augment.freqm=100",
         "augment.timem=100", "augment.mixup=1.0", "augment.noise=true", "augment.gain_db=30"])
-    acc = make_accelerator(recipe, Path(finetuned[0]) / "eval")
+    acc = make_accelerator(recipe.train.mixed_precision, Path(finetuned[0]) / "eval")
     test = resolve_shards(str(shards / "test"))
     model.train()  # even from training mode: predict_shards switches to eval and back
     s1, t1, k1 = predict_shards(acc, model, test, recipe, model.encoder.config.normalization)

@@ -22,20 +22,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from pretrain.encoder import Encoder, EncoderConfig, ExportError
+from pretrain.encoder import CLASSIFIER_HEAD_NAME, HEADS_NAME, Encoder, EncoderConfig, ExportError
+from pretrain.export_hf import export_hf
 from pretrain.features import FeatureConfig, Normalization, fbank, normalize, pad_or_crop
-from pretrain.interop import (
-    CLASSIFIER_HEAD_NAME,
-    HEADS_NAME,
-    add_cli,
-    export_hf,
-    freq_to_time_major,
-    import_checkpoint,
-    load_torch_checkpoint,
-    time_to_freq_major,
-    to_ssast_state_dict,
-)
-from pretrain.objective import SSASTObjective, patch_targets
+from pretrain.import_ssast import import_checkpoint, load_torch_checkpoint, to_ssast_state_dict
+from pretrain.interop import add_cli
+from pretrain.patches import freq_to_time_major, time_to_freq_major
+from pretrain.ssast import SSASTObjective, patch_targets
 
 DIM = 192  # SSAST-Tiny width (3 heads); depth kept at 2 for speed
 UNUSED_TIMM = (
@@ -559,6 +552,25 @@ def test_hf_classifier_export(tmp_path):
         export_hf(mean_pooled, tmp_path / "hf2")
     out = export_hf(mean_pooled, tmp_path / "hf2", encoder_only=True)
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ASTModel"]
+
+
+def test_hf_export_asks_the_classifier_where_its_head_is(tmp_path):
+    from finetune.heads import Classifier
+    from pretrain.encoder import CLASSIFIER_HEAD_KEYS
+    from pretrain.export_hf import classifier_head
+
+    enc, _ = _tiny_encoder(tmp_path)
+    clf = Classifier(enc, ["a", "b"], pooling="cls")
+    task = json.loads((clf.save_pretrained(tmp_path / "clf", 64) / "config.json").read_text())["task"]
+    assert task["head_keys"] == clf.head_keys() == CLASSIFIER_HEAD_KEYS  # the classifier matches the contract
+    # A head kept elsewhere is found where the task section says, not at fixed names.
+    state = {"encoder.x": torch.zeros(1), "out.n.weight": torch.ones(3), "out.n.bias": torch.zeros(3),
+             "out.fc.weight": torch.ones(2, 3), "out.fc.bias": torch.zeros(2)}
+    head = classifier_head(state, {"head_keys": {"norm": "out.n", "linear": "out.fc"}}, "m")
+    assert sorted(head) == ["linear.bias", "linear.weight", "norm.bias", "norm.weight"]
+    assert head["linear.weight"] is state["out.fc.weight"]
+    with pytest.raises(ExportError, match=r"m: expected a LayerNorm \+ Linear head"):
+        classifier_head(state, task, "m")
 
 
 def test_hf_export_refuses_what_hf_cannot_hold(tmp_path):

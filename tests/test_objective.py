@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pretrain.masking import random_mask
-from pretrain.objective import PredictionHead, SSASTObjective, patch_targets
 from pretrain.patches import patchify
+from pretrain.ssast import PredictionHead, SSASTObjective, patch_targets
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -65,6 +65,12 @@ def test_pretrain_cli_errors(tiny_shards, tmp_path):
     empty.mkdir()
     p = run_cli("pretrain", "train", "--set", f"data.train={empty}", check=False)
     assert p.returncode != 0 and "index.json" in p.stderr and "Traceback" not in p.stderr
+    # A TrainingError (matched by its type) is one line too: shards without index.json have no sample count.
+    shard = sorted((tiny_shards / "train").glob("*.tar"))[0]
+    p = run_cli("pretrain", "train", "--set", f"data.train={shard}", "--set", f"run.output_dir={tmp_path}",
+                check=False)
+    assert p.returncode == 1 and "error:" in p.stderr and "samples_per_epoch" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 @pytest.mark.timeout(500)

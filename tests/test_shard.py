@@ -17,9 +17,11 @@ import pytest
 import soundfile as sf
 import webdataset as wds
 
-from data_prep import shards
+from data_prep import plan
 from data_prep.__main__ import main
+from data_prep.options import validate
 from data_prep.shards import ShardError, ShardOptions, shard_corpus
+from data_prep.sources import LAYOUTS
 
 CLIPS = 24  # the shared `corpus` fixture (conftest.py)
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +207,9 @@ def test_bad_inputs_are_skipped_listed_and_counted(corpus, tmp_path, capsys):
     assert code == 0, stderr
     assert "sharded 4 samples" in stdout and "skipped 6 inputs" in stdout
     # missing.wav is skipped by the scan; truncated.flac and nan.wav pass the header probe, fail to decode
-    assert "probe: 9/9 files" in stderr and "render: 6/6 files" in stderr and "files/s" in stderr
+    # Progress with rate and ETA also when stderr is not a terminal (here: captured).
+    assert "probe: 100% 9/9 [" in stderr and "file/s]" in stderr
+    assert "render: 100% " in stderr and "s audio/s, 6/6 files, " in stderr
     assert "h audio" in stderr
     index = json.loads((out / "index.json").read_text())
     reasons = {Path(s["source"]).name: s["reason"] for s in index["skipped"]}
@@ -283,15 +287,27 @@ def test_inspect_passes_good_shards_and_names_a_corrupt_member(sharded, tmp_path
     assert code == 1
     assert target.name in stderr and bad_key in stderr
 
+    altered = tmp_path / "altered"  # a byte changed where no decoder looks (tar padding): only the hash sees it
+    shutil.copytree(sharded, altered)
+    target = sorted((altered / "train").glob("*.tar"))[1]
+    with tarfile.open(target) as tar:
+        member = next(m for m in tar.getmembers() if m.size % 512)
+    data = bytearray(target.read_bytes())
+    data[member.offset_data + member.size] = 1  # the zero padding after a member's data
+    target.write_bytes(bytes(data))
+    code, stdout, stderr = _run_cli(["inspect", str(altered)], capsys)
+    assert code == 1 and "1 problems found" in stderr
+    assert f"shard {target.name}: {len(data)} bytes with another SHA-256 than index.json records" in stderr
+
 
 @pytest.mark.timeout(30)
 def test_sample_keys_are_stable_dot_free_and_unique():
-    assert shards.sample_key("audio/dog/a.b c.wav", 3) == shards.sample_key("audio/dog/a.b c.wav", 3)
-    key = shards.sample_key("audio/dog/a.b c.wav", 3)
+    assert plan.sample_key("audio/dog/a.b c.wav", 3) == plan.sample_key("audio/dog/a.b c.wav", 3)
+    key = plan.sample_key("audio/dog/a.b c.wav", 3)
     assert "." not in key and key.startswith("audio_dog_a_b_c-0003-")
-    assert shards.sample_key("x/a.wav", 0) != shards.sample_key("x/a.flac", 0)
-    assert "." not in shards.sample_key("..." + "é" * 200 + ".wav", 0)
-    long = shards.sample_key("d/" + "x" * 300 + ".wav", 0)
+    assert plan.sample_key("x/a.wav", 0) != plan.sample_key("x/a.flac", 0)
+    assert "." not in plan.sample_key("..." + "é" * 200 + ".wav", 0)
+    long = plan.sample_key("d/" + "x" * 300 + ".wav", 0)
     assert len(long) < 90  # fits a ustar member name with its extension
 
 
@@ -333,3 +349,98 @@ def test_esc50_layout_keeps_folds_and_the_label_file_errors_are_clear(tmp_path, 
         (root / "audio" / name).rename(root / "audio" / ("x" + name))
     code, _, stderr = _run_cli(["shard", str(root), str(tmp_path / "o2"), "-q"], capsys)
     assert code == 1 and "esc50.csv" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.timeout(60)
+def test_clip_seconds_below_min_seconds_is_refused_in_one_line(corpus, tmp_path, capsys):
+    out = tmp_path / "o"
+    code, stdout, stderr = _run_cli(["shard", str(corpus), str(out), "--clip-seconds", "0.001"], capsys)
+    assert code == 2 and stdout == "" and not out.exists()
+    assert stderr.count("\n") == 1 and stderr.startswith("error: --clip-seconds 0.001 is below --min-seconds 0.5")
+    with pytest.raises(ShardError, match="--clip-seconds 0.2 is below --min-seconds 0.3"):
+        shard_corpus(ShardOptions(src=corpus, out=out, clip_seconds=0.2, min_seconds=0.3))
+    # With --min-seconds 0 the user asked for tiny clips explicitly: allowed.
+    validate(ShardOptions(src=corpus, out=out, clip_seconds=0.001, min_seconds=0), LAYOUTS)
+
+
+def _sources_of(set_dir: Path) -> set[str]:
+    found = set()
+    for tar in sorted(set_dir.glob("*.tar")):
+        for sample in wds.WebDataset(str(tar), shardshuffle=False):
+            found.add(json.loads(sample["json"])["source"])
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_valid_fraction_splits_by_source_file_deterministically(corpus, tmp_path, capsys):
+    def run(out: Path, *extra: str) -> tuple[int, str]:
+        code, stdout, stderr = _run_cli(["shard", str(corpus), str(out), "--layout", "folder", "--clip-seconds",
+                                         "2", "--samples-per-shard", "8", "-q", *extra], capsys)
+        return code, stdout + stderr
+
+    code, text = run(tmp_path / "a", "--valid-fraction", "0.25", "--workers", "1")
+    assert code == 0, text
+    top = json.loads((tmp_path / "a" / "index.json").read_text())
+    assert list(top["splits"]) == ["train", "valid"] and top["params"]["valid_fraction"] == 0.25
+    train, valid = _sources_of(tmp_path / "a" / "train"), _sources_of(tmp_path / "a" / "valid")
+    assert len(valid) == round(0.25 * CLIPS) and len(train) == CLIPS - len(valid)
+    assert not train & valid  # every clip of a file is on one side
+    for split in ("train", "valid"):
+        index = json.loads((tmp_path / "a" / split / "index.json").read_text())
+        assert index["split"] == split and index["samples"] == top["splits"][split]["samples"]
+    assert top["splits"]["valid"]["samples"] > len(valid)  # files were cut into several clips each
+
+    code, text = run(tmp_path / "b", "--valid-fraction", "0.25", "--workers", "2")
+    assert code == 0, text
+    assert _shard_keys(tmp_path / "b") == _shard_keys(tmp_path / "a")  # same seed: same split, same shards
+    code, text = run(tmp_path / "c", "--valid-fraction", "0.25", "--seed", "1")
+    assert code == 0, text
+    assert _sources_of(tmp_path / "c" / "valid") != valid
+
+    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "d"), "--valid-fraction", "0.25"], capsys)
+    assert code == 1 and "already has splits" in stderr and stderr.count("\n") == 1  # the manifest has splits
+    code, _, stderr = _run_cli(["shard", str(corpus), str(tmp_path / "e"), "--valid-fraction", "1"], capsys)
+    assert code == 2 and "strictly between 0 and 1" in stderr
+
+
+def _imported_modules(*argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "data_prep", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+    names = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return proc, {name.split(".")[0] for name in names}
+
+
+@pytest.mark.timeout(120)
+def test_help_and_inspect_load_no_heavy_package(sharded):
+    heavy = {"torch", "torchaudio", "webdataset", "numpy", "soundfile", "scipy"}
+    for argv in (["--help"], ["shard", "--help"], ["synth", "--help"], ["inspect", "--help"]):
+        proc, modules = _imported_modules(*argv)
+        assert proc.returncode == 0 and "usage:" in proc.stdout
+        assert not modules & heavy, (argv, sorted(modules & heavy))
+    proc, modules = _imported_modules("inspect", str(sharded), "--workers", "1")
+    assert proc.returncode == 0 and "torch" not in modules and "webdataset" not in modules
+
+
+@pytest.mark.timeout(60)
+def test_truncated_and_garbled_inputs_and_dangling_links_are_skipped_and_listed(corpus, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in sorted(p.name for p in (corpus / "audio").rglob("*.wav"))[:2]:
+        shutil.copy(next((corpus / "audio").rglob(name)), src / name)
+    tone = (0.3 * np.sin(np.arange(32000) / 5.0)).astype(np.float32)
+    for name, fmt in (("cut.wav", "WAV"), ("cut.mp3", "MP3")):
+        buf = io.BytesIO()
+        sf.write(buf, tone, 16000, format=fmt)
+        data = buf.getvalue()
+        (src / name).write_bytes(data[: len(data) // 2] if fmt == "WAV" else
+                                 data[: len(data) // 3] + bytes(40) + data[len(data) // 3 + 40 :])
+    (src / "gone.flac").symlink_to(tmp_path / "unmounted" / "gone.flac")
+    code, stdout, stderr = _run_cli(["shard", str(src), str(tmp_path / "out"), "--layout", "folder", "-q"], capsys)
+    assert code == 0, stderr
+    assert "sharded 2 samples" in stdout and "skipped 3 inputs" in stdout
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    skipped = {s["source"]: (s["stage"], s["reason"]) for s in index["skipped"]}
+    assert skipped["cut.wav"][0] == "probe" and skipped["cut.wav"][1].startswith("truncated: the WAV data chunk")
+    assert skipped["cut.mp3"][0] == "probe" and skipped["cut.mp3"][1].startswith("garbled: the MPEG frame chain")
+    assert skipped["gone.flac"] == ("scan", f"dangling symlink (target {tmp_path / 'unmounted' / 'gone.flac'} "
+                                            "does not exist)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep.__main__ import main
 from data_prep.shards import ShardError, ShardOptions, shard_corpus
 
 CLIPS = 24  # the shared `corpus` fixture (conftest.py)
@@ -128,6 +130,40 @@ def test_rerun_renders_only_unfinished_shards_and_cleans_leftovers(corpus, refer
     again = shard_corpus(opts)  # all done: nothing rendered, same result
     assert again.rendered_shards == 0 and again.samples == summary.samples
     assert _outputs(out) == _outputs(reference)
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_shard_damaged_later_is_noticed_and_rebuilt(corpus, reference, tmp_path, capsys):
+    out = tmp_path / "out"
+    opts = ShardOptions(src=corpus, out=out, samples_per_shard=PER_SHARD, workers=1, progress=False)
+    shard_corpus(opts)
+    index = json.loads((out / "train" / "index.json").read_text())
+    for entry in index["shards"]:  # the index records each tar's size and hash, for readers too
+        data = (out / "train" / entry["name"]).read_bytes()
+        assert entry["bytes"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+    tars = sorted((out / "train").glob("*.tar"))
+    with open(tars[0], "r+b") as fh:  # cut off mid-member, as `truncate -s 60%` does
+        fh.truncate(int(tars[0].stat().st_size * 0.6))
+    data = bytearray(tars[1].read_bytes())  # same size, one byte altered inside a member
+    data[len(data) // 2] ^= 0xFF
+    tars[1].write_bytes(bytes(data))
+    st = tars[2].stat()
+    data = bytearray(tars[2].read_bytes())  # altered with size and mtime restored (e.g. copied with rsync -a)
+    data[700] ^= 0x01
+    tars[2].write_bytes(bytes(data))
+    os.utime(tars[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    summary = shard_corpus(opts)
+    assert summary.rendered_shards == 3
+    assert summary.rebuilt_shards == [f"train/{t.name}" for t in tars[:3]]
+    assert _outputs(out) == _outputs(reference)
+
+    tars[3].write_bytes(tars[3].read_bytes()[:1000])  # the CLI says what it rebuilds
+    main(["shard", str(corpus), str(out), "--samples-per-shard", str(PER_SHARD), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert f"rebuilding 1 finished shards whose tar no longer has the size and SHA-256 recorded when it was " \
+           f"written (or was written without them): train/{tars[3].name}" in err
+    assert "verify: 100%" in err and _outputs(out) == _outputs(reference)
 
 
 @pytest.mark.timeout(60)

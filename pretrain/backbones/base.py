@@ -12,7 +12,8 @@ A backbone turns what the Encoder gives it into per-patch features on the patch 
   positions and still return features on the patch grid.
 
 Every backbone module defines one ``Backbone`` subclass with a ``Config`` dataclass and size
-``presets`` and is listed by one line in ``pretrain/backbones/__init__.py``.
+``presets`` and is listed by one line in :data:`BACKBONE_MODULES` below (name -> module). Layers that
+several families share (stochastic depth, position-embedding lookup) are in ``layers.py``.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
+from .layers import DropPath, pos_embed_for_grid
 from .selective_scan import selective_scan
 
 _CHOICES = {
@@ -121,24 +121,6 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x * self.weight.float()).to(dtype)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (timm's DropPath semantics: survivors scaled by 1/keep)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = float(p)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
 
 
 def _make_norm(config: MambaConfig) -> nn.Module:
@@ -301,9 +283,7 @@ class MambaBackbone(Backbone):
 
     # ----- forward -----
     def _positions(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        n_cls = self.config.num_cls
-        cls_pos, patch_pos = self.pos_embed[:, :n_cls], self.pos_embed[:, n_cls:]
-        return cls_pos, resize_pos_embed(patch_pos, self.grid, tuple(grid))
+        return pos_embed_for_grid(self.pos_embed, self.config.num_cls, self.grid, grid)
 
     def forward(
         self,

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
+from .layers import DropPath
 from .wkv7 import LOG_DECAY_FLOOR, MAX_CHUNK_SIZE, wkv7, wkv7_bidirectional
 
 TOKEN_SHIFTS = ("dwconv3x3", "dwsep")
@@ -93,21 +94,6 @@ def _orthogonal(rows: int, cols: int, scale: float) -> torch.Tensor:
     """x070's ``ortho_init`` for a 2-D matrix."""
     gain = math.sqrt(rows / cols) if rows > cols else 1.0
     return nn.init.orthogonal_(torch.empty(rows, cols), gain=gain * scale)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a residual branch per sample during training."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty(x.shape[0], *([1] * (x.dim() - 1))).bernoulli_(keep)
-        return x * mask / keep
 
 
 class GridShift(nn.Module):

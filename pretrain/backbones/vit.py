@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
+from .layers import DropPath, pos_embed_for_grid
 
 
 @dataclass
@@ -40,20 +40,6 @@ class ViTConfig:
             raise ValueError(f"attention must be 'sdpa' or 'naive', not {self.attention!r}")
         if self.num_cls not in (0, 1, 2):
             raise ValueError(f"num_cls must be 0, 1 or 2, not {self.num_cls}")
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval)."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
 
 
 class Attention(nn.Module):
@@ -142,9 +128,7 @@ class ViTBackbone(Backbone):
 
     def position_embedding(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(cls part, patch part) of the position embedding, the patch part adapted to ``grid``."""
-        c = self.config.num_cls
-        cls_pos, patch_pos = self.pos_embed[:, :c], self.pos_embed[:, c:]
-        return cls_pos, resize_pos_embed(patch_pos, self.grid, grid, self.config.pos_resize)
+        return pos_embed_for_grid(self.pos_embed, self.config.num_cls, self.grid, grid, self.config.pos_resize)
 
     def forward(self, x, grid, mask=None, output_hidden_states=False) -> BackboneOutput:
         b = x.shape[0]

@@ -24,7 +24,7 @@ import torch
 from ..data import DataError, ShardSet, _open_url, decode_sample
 from ..encoder import Encoder
 from ..features import FeatureConfig, Normalization, model_input, pad_waves
-from ..patches import samples_for_frames, valid_patches
+from ..patches import valid_patches
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "meanstd")
@@ -169,9 +169,9 @@ class WindowSpec:
 def clip_windows(wave: np.ndarray, spec: WindowSpec) -> list[np.ndarray]:
     """Consecutive windows of ``spec.frames`` frames whose frames tile the clip's (see the module doc)."""
     f = spec.features
-    window = samples_for_frames(spec.frames, f.frame_length, f.frame_shift)
+    window = f.num_samples(spec.frames)
     hop = spec.frames * f.frame_shift
-    min_tail = samples_for_frames(spec.patch_frames, f.frame_length, f.frame_shift)
+    min_tail = f.num_samples(spec.patch_frames)
     out = [wave[s:s + window] for s in range(0, max(len(wave) - f.frame_length, 0) + 1, hop)]
     if len(out) > 1 and len(out[-1]) < min_tail:
         out.pop()

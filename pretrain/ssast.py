@@ -1,8 +1,15 @@
-"""SSAST pretraining objective: prediction heads, masked-patch InfoNCE + accuracy, and MSE reconstruction.
+"""The SSAST method, top to bottom: masking -> encoder -> heads -> losses, and one pretraining step.
 
-Works on per-patch encoder features ``(B, N, D)`` of any backbone, the raw patch values
-``(B, N, P)`` as targets (:func:`patch_targets`) and the ``(B, N)`` bool mask (True = masked),
-vectorized over the batch with a different number of masked patches per clip allowed.
+1. **Masking** (:func:`build_masks`): which patches each clip hides, drawn only among patches that hold
+   real frames (random or SSAST's cluster masks, :mod:`pretrain.masking`), from a generator that is a
+   pure function of (seed, step, rank, micro-batch) (:func:`step_generator`), so a resumed run draws the
+   same masks.
+2. **Encoder** (:class:`Pretrainer`): the backbone sees the masked patch embeddings replaced by a
+   learned mask embedding and returns per-patch features ``(B, N, D)``.
+3. **Heads** (:class:`PredictionHead`): SSAST's ``cpredlayer`` / ``gpredlayer`` predict, at each masked
+   position, the raw patch values (:func:`patch_targets`).
+4. **Losses** (:class:`SSASTObjective`): masked-patch InfoNCE + accuracy and MSE reconstruction,
+   vectorized over the batch with a different number of masked patches per clip allowed.
 
 **Discriminative loss** (as the original *code*, ssast ``src/models/ast_models.py`` ``mpc``):
 for clip ``b`` with masked positions ``1..M_b``, ``x_j`` the true patch vector and
@@ -47,9 +54,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.patches import patchify
+from .config import ObjectiveSection
+from .encoder import Encoder
+from .masking import make_mask, mask_count_for
+from .patches import patchify, valid_patches
 
 
+# ------------------------------------------------------------------------------------------ 1. masking
+def step_generator(seed: int, step: int, rank: int, micro: int, which: int = 0) -> torch.Generator:
+    """Masks are a pure function of (seed, step, rank, micro-batch): identical after a resume."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729 + micro * 31 + which) % (2**63))
+    return g
+
+
+def build_masks(kind: str, count: int, encoder: Encoder, num_frames: torch.Tensor, frames: int,
+                generators: list[torch.Generator]) -> list[torch.Tensor]:
+    """One ``(B, N)`` mask per generator: ``count`` patches of a full clip (fewer for a padded one), never a
+    patch that is only padding, and never every patch (the losses need at least one visible)."""
+    grid = encoder.grid_for(frames)
+    valid = valid_patches(num_frames.cpu(), grid, encoder.config.patch, encoder.config.stride)
+    total = grid[0] * grid[1]
+    counts = mask_count_for(valid.sum(1), min(count, total - 1), total)
+    return [make_mask(kind, valid, grid, counts, generator=g) for g in generators]
+
+
+# ------------------------------------------------------------------------------------------ 3. heads
 def patch_targets(fbank: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
     """Prediction targets ``(B, N, pt*pf)``: raw patches of ``fbank`` ``(B, T, F)`` (no overlap), detached."""
     return patchify(fbank.detach(), patch)
@@ -62,6 +92,7 @@ class PredictionHead(nn.Sequential):
         super().__init__(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out_dim))
 
 
+# ------------------------------------------------------------------------------------------ 4. losses
 class _Gathered:
     """The masked positions of each clip, left-packed and padded to the largest count in the batch."""
 
@@ -91,7 +122,8 @@ def _upcast(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 class SSASTObjective(nn.Module):
     """SSAST heads and losses over per-patch features; see the module docstring for the exact definitions."""
 
-    def __init__(self, dim: int, patch_dim: int, nce_weight: float = 1.0, mse_weight: float = 10.0) -> None:
+    def __init__(self, dim: int, patch_dim: int, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight) -> None:
         super().__init__()
         self.dim = dim
         self.patch_dim = patch_dim
@@ -189,3 +221,28 @@ class SSASTObjective(nn.Module):
             "acc": acc,
             "num_masked": g.counts.sum(),
         }
+
+
+# ------------------------------------------------------------------------------------------ one step
+class Pretrainer(nn.Module):
+    """Encoder (2.) + SSAST heads and losses (3., 4.); one ``forward`` computes the whole loss (one or
+    two encoder passes), so DDP sees exactly one forward per backward."""
+
+    def __init__(self, encoder: Encoder, nce_weight: float = ObjectiveSection.nce_weight,
+                 mse_weight: float = ObjectiveSection.mse_weight):
+        super().__init__()
+        self.encoder = encoder
+        pt, pf = encoder.config.patch
+        self.objective = SSASTObjective(encoder.dim, pt * pf, nce_weight=nce_weight, mse_weight=mse_weight)
+
+    def forward(self, fbank: torch.Tensor, masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        targets = patch_targets(fbank, self.encoder.config.patch)
+        if len(masks) == 1:  # one pass: both losses from one masked encoder pass
+            feats = self.encoder(fbank, masks[0]).patches
+            return self.objective(feats, targets, masks[0])
+        # SSAST's original: two masks, two passes (discriminative, then generative)
+        feats_d = self.encoder(fbank, masks[0]).patches
+        feats_g = self.encoder(fbank, masks[1]).patches
+        d = self.objective.discriminative(feats_d, targets, masks[0])
+        g = self.objective.generative(feats_g, targets, masks[1])
+        return {**d, **g, "loss": self.objective.combine(d["loss_d"], g["loss_g"])}
