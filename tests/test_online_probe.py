@@ -73,4 +73,4 @@ def test_probe_set_errors_name_the_key(tiny_shards, tmp_path):
         OnlineProbe([f"x={tiny_shards / 'train'}"], 10, None)
     assert not OnlineProbe([], 10, None).due(10, 10)
     p = run_cli(*tiny_args(tiny_shards, tmp_path, "bad", "train.max_steps=1", 'eval.probe_sets=["oops"]'), check=False)
-    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: eval.probe_sets:")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith("error: eval.probe_sets:")

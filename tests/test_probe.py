@@ -226,7 +226,7 @@ def test_probe_cli_errors_are_one_line(tiny_shards, tmp_path, capsys):
     ]:
         with pytest.raises(SystemExit) as e:
             finetune_main(["probe", "--model", str(model), *argv])
-        assert e.value.code == 1
+        assert e.value.code == 2  # a user-input error: one line, exit 2, as every CLI
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and needle in err[-1], err
 
