@@ -57,7 +57,7 @@ class EncoderConfig:
     pos_grid: tuple[int, int] | None = None
     token_order: str = "time-major"
     mask_embedding: bool = True
-    features: FeatureConfig = field(default_factory=FeatureConfig)
+    features: FeatureConfig | None = None  # None: the fbank of num_mel_bins bins (set in __post_init__)
     normalization: Normalization = field(default_factory=Normalization)
     trained_on: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -68,6 +68,8 @@ class EncoderConfig:
         if self.pos_grid is None:
             self.pos_grid = grid_shape(self.input_frames, self.num_mel_bins, self.patch, self.stride)
         self.pos_grid = tuple(int(v) for v in self.pos_grid)
+        if self.features is None:  # the fbank must have the height the model is built for
+            self.features = FeatureConfig(num_mel_bins=self.num_mel_bins)
         if isinstance(self.features, dict):
             self.features = FeatureConfig(**self.features)
         if isinstance(self.normalization, dict):
