@@ -146,7 +146,6 @@ def run_probe(model_paths: list[str], task_specs: list[str], random_init: bool =
 
 def main_args(args) -> None:
     """Entry point of ``python -m finetune probe`` (argparse namespace from ``finetune.__main__``)."""
-    torch.set_grad_enabled(False)
     settings = ProbeSettings(poolings=tuple(p.strip() for p in args.pooling.split(",") if p.strip()),
                              layers=args.layers, classifier=args.classifier, group_by=args.group_by,
                              max_clips=args.max_clips, batch_windows=args.batch_size,
