@@ -188,6 +188,7 @@ def test_probe_cli_reports_models_baselines_and_writes_json(tiny_shards, tmp_pat
     model = _export(tmp_path / "run" / "export")
     finetune_main(["probe", "--model", str(model), "--task", f"synth={tiny_shards}", "--random-init",
                    "--baseline", "logmel", "--out", str(tmp_path / "out")])
+    assert torch.is_grad_enabled()  # the CLI leaves the process's autograd mode alone
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("run "))
     assert "synth" in row and "accuracy" in row
