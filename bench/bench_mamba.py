@@ -1,7 +1,7 @@
 """Benchmark the Mamba backbone (issue 5): the selective scan against the per-step loop, and the tiny
 encoder against ViT-tiny (SDPA and naive attention) as the number of tokens grows.
 
-Every measurement runs in a fresh subprocess so that its peak RSS (``ru_maxrss`` minus the RSS just
+Every measurement runs in a fresh subprocess so that its peak RSS (VmHWM minus the RSS just
 before the timed call) is its own. CPU only here; time is the wall clock of one call after a
 small warm-up call (the machine is shared: every size runs once).
 
@@ -41,6 +41,11 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """This process image's own peak (VmHWM): ru_maxrss would carry the parent's size into the child."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
