@@ -49,8 +49,9 @@ class FeaturesSection:
 
 @dataclass
 class MaskingSection:
-    kind: str = "cluster"  # "cluster" | "random" (frame grids always use random, as SSAST)
+    kind: str = "cluster"  # "cluster" | "random" (frame grids always use random, as SSAST) | "span"
     count: int = 400  # masked patches per full clip (scaled down for padded clips)
+    span: int = 10  # kind "span" only: time steps per masked run (wav2vec 2.0 style; not in SSAST)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class Recipe(RecipeBase):
 
 
 CHOICES: Choices = {
-    ("masking", "kind"): ("cluster", "random"),
+    ("masking", "kind"): ("cluster", "random", "span"),
     ("data", "corrupt_shards"): ("skip", "error"),
     ("objective", "mode"): ("one_pass", "two_pass"),
     ("optim", "name"): ("adam", "adamw"),

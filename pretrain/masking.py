@@ -1,4 +1,4 @@
-"""Which patches to mask for SSAST pretraining: random masks and SSAST's cluster masks, batched.
+"""Which patches to mask for SSAST pretraining: random masks, SSAST's cluster masks and time spans, batched.
 
 A mask is ``(B, N)`` bool, True = masked, over the time-major patch grid (ARCHITECTURE.md)
 (``index = t * nf + f``). Every function takes ``valid`` ``(B, N)`` bool (False = a patch that
@@ -34,7 +34,7 @@ from typing import Literal
 
 import torch
 
-MaskKind = Literal["cluster", "random"]
+MaskKind = Literal["cluster", "random", "span"]
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -139,13 +139,69 @@ def cluster_mask(
         (dt >= -before[:, None]) & (dt <= after[:, None]) & (df >= -before[:, None]) & (df <= after[:, None])
     )[:, None, :]  # (B, 1, S*S)
 
+    return _grow_regions(valid, grid, counts, generator, dt, df, in_side, side * side)
+
+
+def span_mask(
+    valid: torch.Tensor,
+    grid: tuple[int, int],
+    count: int | torch.Tensor,
+    span: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mask runs of ``span`` consecutive time steps (every frequency row); exactly ``count`` masked per clip.
+
+    Not in SSAST: it is the span masking of frame-level speech SSL (wav2vec 2.0, HuBERT, data2vec mask
+    runs of 10 frames of 20 ms). On a frame grid (one 128-bin patch per time step) SSAST masks single
+    frames at random, which a model can fill in from the visible frames on either side; a run of
+    ``span`` steps hides the whole neighbourhood, so the model has to predict it from context. Each
+    round draws one centre per clip among its valid, unmasked patches and masks the run around it
+    (clipped at the clip's edges, overlapping earlier runs allowed); the last run is truncated to hit
+    the count exactly, as in :func:`cluster_mask`.
+    """
+    _check_valid(valid)
+    nt, nf = grid
+    b, n = valid.shape
+    if nt * nf != n:
+        raise ValueError(f"grid {nt}x{nf} has {nt * nf} patches but the mask has {n}")
+    if span < 1:
+        raise ValueError(f"span must be >= 1 time step, got {span}")
+    counts = _per_clip_counts(count, valid)
+    device = valid.device
+    # Offsets of one run: `span` time steps around the centre, and every frequency row whatever the
+    # centre's row is (offsets -(nf-1)..nf-1, clipped to the grid).
+    t_off = torch.arange(-((span - 1) // 2), span - (span - 1) // 2, device=device)
+    f_off = torch.arange(-(nf - 1), nf, device=device)
+    dt = t_off.repeat_interleave(f_off.numel())
+    df = f_off.repeat(t_off.numel())
+    everywhere = torch.ones(b, 1, dt.numel(), dtype=torch.bool, device=device)
+    return _grow_regions(valid, grid, counts, generator, dt, df, everywhere, torch.full((b,), span * nf, device=device))
+
+
+def _grow_regions(
+    valid: torch.Tensor,
+    grid: tuple[int, int],
+    counts: torch.Tensor,
+    generator: torch.Generator | None,
+    dt: torch.Tensor,
+    df: torch.Tensor,
+    in_region: torch.Tensor,
+    area: torch.Tensor,
+) -> torch.Tensor:
+    """Mask regions around random centres until each clip has ``counts`` masked patches.
+
+    A region is the cells ``(t + dt, f + df)`` around a centre ``(t, f)`` that ``in_region`` ``(B, 1, S)``
+    switches on for the clip, clipped at the grid; ``area`` ``(B,)`` is a region's full size.
+    """
+    nt, nf = grid
+    b, n = valid.shape
+    device = valid.device
     mask = torch.zeros(b, n, dtype=torch.bool, device=device)
     covered = torch.zeros(b, dtype=torch.long, device=device)
-    area = side * side
     # Each round adds >= 1 patch to every unfinished clip (a centre is an unmasked patch), so this
-    # ends. While a clip still needs >= k full squares it places k = need // c^2 squares in one
+    # ends. While a clip still needs >= k full regions it places k = need // area regions in one
     # round (they cannot overshoot, so none is truncated); this makes the round count ~logarithmic
-    # instead of ~count / c^2. One host sync per round for the stop test.
+    # instead of ~count / area. One host sync per round for the stop test.
     while True:
         need = counts - covered
         if not bool((need > 0).any()):
@@ -158,13 +214,13 @@ def cluster_mask(
         used = (top.values >= 0) & (torch.arange(k, device=device) < per_clip[:, None])  # (B, k)
         t = (top.indices // nf)[:, :, None] + dt  # (B, k, S*S)
         f = (top.indices % nf)[:, :, None] + df
-        cell = in_side & used[:, :, None] & (t >= 0) & (t < nt) & (f >= 0) & (f < nf)
+        cell = in_region & used[:, :, None] & (t >= 0) & (t < nt) & (f >= 0) & (f < nf)
         # Cells that are off (outside the square, the grid, or an unused centre) go to a spare column n.
         target = torch.where(cell, t * nf + f, n).reshape(b, -1)
         hit = torch.zeros(b, n + 1, dtype=torch.bool, device=device)
         hit.scatter_(1, target, True)
         new = hit[:, :n] & eligible
-        # Truncation only happens in single-square rounds (k squares never exceed need).
+        # Truncation only happens in single-region rounds (k regions never exceed need).
         keep = new & (new.cumsum(dim=1) <= need[:, None])
         mask |= keep
         covered += keep.sum(dim=1)
@@ -197,8 +253,10 @@ def make_mask(
     grid: tuple[int, int],
     mask_count: int | torch.Tensor,
     generator: torch.Generator | None = None,
+    span: int = 10,
 ) -> torch.Tensor:
-    """The pretraining mask of a batch: ``kind`` "cluster" (frame grids fall back to random) or "random".
+    """The pretraining mask of a batch: ``kind`` "cluster" (frame grids fall back to random), "random",
+    or "span" (runs of ``span`` time steps, :func:`span_mask`).
 
     An int ``mask_count`` is the count for a full clip, scaled to shorter clips with
     :func:`mask_count_for`; a ``(B,)`` tensor gives each clip's count directly.
@@ -212,4 +270,6 @@ def make_mask(
         return cluster_mask(valid, grid, counts, generator)
     if kind == "random":
         return random_mask(valid, counts, generator)
-    raise ValueError(f"mask kind must be 'cluster' or 'random', got {kind!r}")
+    if kind == "span":
+        return span_mask(valid, grid, counts, span, generator)
+    raise ValueError(f"mask kind must be 'cluster', 'random' or 'span', got {kind!r}")

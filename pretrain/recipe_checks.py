@@ -23,6 +23,7 @@ LIMITS: dict[str, Limit] = {
     "features.mean": FINITE,
     "features.std": POSITIVE,
     "masking.count": AT_LEAST_1,
+    "masking.span": AT_LEAST_1,
     "objective.nce_weight": AT_LEAST_0,
     "objective.mse_weight": AT_LEAST_0,
     "optim.lr": POSITIVE,

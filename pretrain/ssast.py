@@ -69,14 +69,14 @@ def step_generator(seed: int, step: int, rank: int, micro: int, which: int = 0) 
 
 
 def build_masks(kind: str, count: int, encoder: Encoder, num_frames: torch.Tensor, frames: int,
-                generators: list[torch.Generator]) -> list[torch.Tensor]:
+                generators: list[torch.Generator], span: int = 10) -> list[torch.Tensor]:
     """One ``(B, N)`` mask per generator: ``count`` patches of a full clip (fewer for a padded one), never a
     patch that is only padding, and never every patch (the losses need at least one visible)."""
     grid = encoder.grid_for(frames)
     valid = valid_patches(num_frames.cpu(), grid, encoder.config.patch, encoder.config.stride)
     total = grid[0] * grid[1]
     counts = mask_count_for(valid.sum(1), min(count, total - 1), total)
-    return [make_mask(kind, valid, grid, counts, generator=g) for g in generators]
+    return [make_mask(kind, valid, grid, counts, generator=g, span=span) for g in generators]
 
 
 # ------------------------------------------------------------------------------------------ 3. heads

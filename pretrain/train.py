@@ -53,7 +53,7 @@ def validate(acc: Accelerator, recipe: Recipe, model: Pretrainer, shards: ShardS
         fbank, frames = _features(batch, stream, acc.device)
         gens = [step_generator(recipe.train.seed + 1, i, acc.process_index, 0, w) for w in range(1)]
         m = recipe.masking
-        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, model.encoder, frames, fbank.shape[1], gens)]
+        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, model.encoder, frames, fbank.shape[1], gens, m.span)]
         with acc.autocast():
             out = model(fbank, masks)
         n = fbank.shape[0]
@@ -155,7 +155,7 @@ def _accumulate(s: Session, batches: Iterator[dict[str, Any]], tally: Tally,
         fbank, frames = _features(batch, s.stream, acc.device)
         gens = [step_generator(t.seed, state.step, rank, micro, w) for w in range(2 if two_pass else 1)]
         m = s.recipe.masking
-        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, s.core.encoder, frames, fbank.shape[1], gens)]
+        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, s.core.encoder, frames, fbank.shape[1], gens, m.span)]
         sync = acc.no_sync(s.model) if micro < t.grad_accum - 1 else nullcontext()
         with sync, acc.autocast():
             out = s.model(fbank, masks)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pretrain.masking import cluster_mask, make_mask, mask_count_for, random_mask
+from pretrain.masking import cluster_mask, make_mask, mask_count_for, random_mask, span_mask
 from pretrain.patches import valid_patches
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,13 +43,17 @@ def short_clip_valid(grid: tuple[int, int], real_steps: list[int]) -> torch.Tens
 GRIDS = [(64, 8), (10, 8), (7, 3), (3, 7), (512, 1), (1, 12)]
 
 
-@pytest.mark.parametrize("kind", ["cluster", "random"])
+@pytest.mark.parametrize("kind", ["cluster", "random", "span"])
 @pytest.mark.parametrize("grid", GRIDS)
 def test_exact_counts_fixed_and_per_clip(kind, grid):
     nt, nf = grid
     n = nt * nf
     valid = torch.ones(6, n, dtype=torch.bool)
-    fn = (lambda v, c, g: cluster_mask(v, grid, c, g)) if kind == "cluster" else random_mask
+    fn = {
+        "cluster": lambda v, c, g: cluster_mask(v, grid, c, g),
+        "random": random_mask,
+        "span": lambda v, c, g: span_mask(v, grid, c, 4, g),
+    }[kind]
     fixed = max(1, (3 * n) // 4)
     m = fn(valid, fixed, gen(0))
     assert m.dtype == torch.bool and m.shape == (6, n)
@@ -58,7 +62,7 @@ def test_exact_counts_fixed_and_per_clip(kind, grid):
     assert fn(valid, per_clip, gen(1)).sum(1).tolist() == per_clip.tolist()
 
 
-@pytest.mark.parametrize("kind", ["cluster", "random"])
+@pytest.mark.parametrize("kind", ["cluster", "random", "span"])
 def test_only_valid_patches_masked(kind):
     grid = (16, 8)
     valid = short_clip_valid(grid, [16, 12, 5, 2])
@@ -74,7 +78,7 @@ def test_too_many_masks_is_a_clear_error():
     valid = short_clip_valid((8, 4), [8, 2])
     with pytest.raises(ValueError, match="clip 1: it has 8 valid"):
         random_mask(valid, 10, gen(0))
-    with pytest.raises(ValueError, match="cluster' or 'random"):
+    with pytest.raises(ValueError, match="'cluster', 'random' or 'span'"):
         make_mask("blocks", valid, (8, 4), 3, gen(0))
     with pytest.raises(ValueError, match="grid 8x5"):
         cluster_mask(valid, (8, 5), 3, gen(0))
@@ -133,12 +137,12 @@ def test_clusters_are_clumped():
 def test_first_and_last_index_can_be_masked():
     # The original never masks index 0 (``> 0`` test) nor the last index (set truncation): we do.
     valid = torch.ones(256, 512, dtype=torch.bool)
-    for kind in ("cluster", "random"):
+    for kind in ("cluster", "random", "span"):
         m = make_mask(kind, valid, (64, 8), 400, gen(3))
         assert m[:, 0].any() and m[:, -1].any(), kind
 
 
-@pytest.mark.parametrize("kind", ["cluster", "random"])
+@pytest.mark.parametrize("kind", ["cluster", "random", "span"])
 def test_determinism_by_seed(kind):
     valid = short_clip_valid((64, 8), [64, 40, 10, 64])
     a = make_mask(kind, valid, (64, 8), 400, gen(11))
@@ -186,3 +190,44 @@ def test_batch_of_64_clips_runs():
     valid = short_clip_valid((64, 8), [64] * 60 + [50, 30, 9, 1])
     m = make_mask("cluster", valid, (64, 8), 400, gen(0))
     assert m.sum(1).tolist() == mask_count_for(valid.sum(1), 400, 512).tolist()
+
+
+def run_lengths(row: torch.Tensor) -> list[int]:
+    """Lengths of the maximal runs of True in a 1-D bool tensor."""
+    out, length = [], 0
+    for x in row.tolist() + [False]:
+        if x:
+            length += 1
+        elif length:
+            out.append(length)
+            length = 0
+    return out
+
+
+def test_span_mask_hides_whole_time_steps():
+    # Every frequency row of a masked time step is masked, except in at most one truncated step.
+    grid = (64, 8)
+    valid = short_clip_valid(grid, [64, 50, 20, 64])
+    m = span_mask(valid, grid, mask_count_for(valid.sum(1), 400, 512), 5, gen(0))
+    per_step = m.reshape(4, 64, 8).sum(2)
+    valid_rows = valid.reshape(4, 64, 8).sum(2)
+    partial = (per_step > 0) & (per_step < valid_rows)
+    assert (partial.sum(1) <= 1).all()
+
+
+def test_span_mask_makes_runs_not_scattered_frames():
+    # On a frame grid, half the frames masked: random masks make runs of ~2 frames on average,
+    # spans of 10 make runs of >= 10 (merged spans are longer, clipped or truncated ones shorter).
+    valid = torch.ones(64, 256, dtype=torch.bool)
+    spans = [n for row in span_mask(valid, (256, 1), 128, 10, gen(1)) for n in run_lengths(row)]
+    scattered = [n for row in random_mask(valid, 128, gen(1)) for n in run_lengths(row)]
+    assert sum(scattered) / len(scattered) < 2.5
+    assert sum(spans) / len(spans) > 10
+    # One span's worth of masking is mostly one run of exactly `span` steps.
+    single = span_mask(torch.ones(200, 100, dtype=torch.bool), (100, 1), 10, 10, gen(2))
+    assert sum(run_lengths(row) == [10] for row in single) > 160
+
+
+def test_span_mask_rejects_a_zero_span():
+    with pytest.raises(ValueError, match="span must be >= 1"):
+        span_mask(torch.ones(1, 8, dtype=torch.bool), (8, 1), 2, 0, gen(0))
