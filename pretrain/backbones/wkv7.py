@@ -316,6 +316,48 @@ def _run_forward(r, log_w, k, v, a, b, gate, dirs: int, c: int):
     return y.permute(0, 2, 1, 3).to(r.dtype).contiguous(), bounds
 
 
+def pure_forward(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int):
+    """``(y, bounds)``: the pure path's output (B, T, H, N) and the states entering each segment
+    (the first is None), which is all ``pure_backward`` needs besides the inputs. Runs in fp32 even
+    under autocast."""
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _run_forward(r, log_w, k, v, a, b, gate, dirs, chunk_size)
+
+
+def pure_backward(inputs, bounds, d_y: torch.Tensor, dirs: int, chunk_size: int, need_gate: bool):
+    """Gradients ``(d_r, d_log_w, d_k, d_v, d_a, d_b, d_gate)`` of the pure path from its inputs
+    ``(r, log_w, k, v, a, b, gate)`` and the ``bounds`` of ``pure_forward``."""
+    with torch.autocast(device_type=d_y.device.type, enabled=False):
+        return _pure_grads(inputs, bounds, d_y, dirs, chunk_size, need_gate)
+
+
+def _pure_grads(inputs, bounds, d_y, dirs: int, c: int, need_gate: bool):
+    r, log_w, k, v, a, b, gate = inputs
+    bsz, length = r.shape[:2]
+    packed = _pack_inputs(r, log_w, k, v, a, b, dirs, c)
+    d_yp = d_y.to(packed[0].dtype).permute(0, 2, 1, 3)  # (B, H, T, N)
+    if dirs == 2 and gate is not None:
+        gm = gate.to(d_yp.dtype).permute(0, 2, 1).unsqueeze(-1)
+        d_f = d_yp * gm
+        d_parts = [d_f, d_yp - d_f]
+    else:
+        d_parts = [d_yp] * dirs
+    y, d_ra, d_g, d_kb, d_v = _backward(*packed, _pack([d_parts], c, d_yp.dtype), list(bounds))
+    del packed
+    d_gate = None
+    if gate is not None and need_gate:
+        y_f, y_b = _unpack(y, dirs, bsz, length, 1)[0]
+        d_gate = (d_yp * (y_f - y_b)).sum(-1).permute(0, 2, 1).to(gate.dtype)
+    del y
+    grads = {}
+    for name, packed_grad in (("ra", d_ra), ("g", d_g), ("kb", d_kb), ("v", d_v)):
+        for p, per_dir in enumerate(_unpack(packed_grad, dirs, bsz, length, len(name))):
+            total = per_dir[0] + per_dir[1] if dirs == 2 else per_dir[0]
+            grads[name[p]] = total.permute(0, 2, 1, 3)
+    out = [grads[x].to(t.dtype) for x, t in zip("rgkvab", (r, log_w, k, v, a, b))]
+    return (*out, d_gate)
+
+
 class _WKV7Chunked(torch.autograd.Function):
     """Causal or bidirectional WKV-7 that saves only its inputs (see ``_backward``)."""
 
@@ -330,28 +372,10 @@ class _WKV7Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_y):
         r, log_w, k, v, a, b, gate, *bounds = ctx.saved_tensors
-        dirs, c = ctx.dirs, ctx.chunk_size
-        bsz, length = r.shape[:2]
-        packed = _pack_inputs(r, log_w, k, v, a, b, dirs, c)
-        d_yp = d_y.to(packed[0].dtype).permute(0, 2, 1, 3)  # (B, H, T, N)
-        if dirs == 2 and gate is not None:
-            gm = gate.to(d_yp.dtype).permute(0, 2, 1).unsqueeze(-1)
-            d_f = d_yp * gm
-            d_parts = [d_f, d_yp - d_f]
-        else:
-            d_parts = [d_yp] * dirs
-        y, d_ra, d_g, d_kb, d_v = _backward(*packed, _pack([d_parts], c, d_yp.dtype), [None, *bounds])
-        d_gate = None
-        if gate is not None and ctx.needs_input_grad[6]:
-            y_f, y_b = _unpack(y, dirs, bsz, length, 1)[0]
-            d_gate = (d_yp * (y_f - y_b)).sum(-1).permute(0, 2, 1).to(gate.dtype)
-        grads = {}
-        for name, packed_grad in (("ra", d_ra), ("g", d_g), ("kb", d_kb), ("v", d_v)):
-            for p, per_dir in enumerate(_unpack(packed_grad, dirs, bsz, length, len(name))):
-                total = per_dir[0] + per_dir[1] if dirs == 2 else per_dir[0]
-                grads[name[p]] = total.permute(0, 2, 1, 3)
-        out = [grads[x].to(t.dtype) for x, t in zip("rgkvab", (r, log_w, k, v, a, b))]
-        return (*out, d_gate, None, None)
+        grads = _pure_grads(
+            (r, log_w, k, v, a, b, gate), [None, *bounds], d_y, ctx.dirs, ctx.chunk_size, ctx.needs_input_grad[6]
+        )
+        return (*grads, None, None)
 
 
 def _wkv7_pure(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
@@ -364,12 +388,21 @@ def _wkv7_pure(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str
         return _WKV7Chunked.apply(r, log_w, k, v, a, b, gate, dirs, chunk_size)
 
 
-def _dispatch(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
-    if impl == "fla" or (impl == "auto" and r.is_cuda):
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The implementation ``impl`` runs on ``device``: "fla", "pure" or "autograd"."""
+    if impl == "auto" and device.type == "cuda":
         from . import wkv7_fla
 
-        if impl == "fla" or wkv7_fla.available():
-            return wkv7_fla.wkv7_fla(r, log_w, k, v, a, b, gate, dirs)
+        return "fla" if wkv7_fla.available() else "pure"
+    return "pure" if impl == "auto" else impl
+
+
+def _dispatch(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
+    impl = resolve_impl(impl, r.device)
+    if impl == "fla":
+        from . import wkv7_fla
+
+        return wkv7_fla.wkv7_fla(r, log_w, k, v, a, b, gate, dirs)
     return _wkv7_pure(r, log_w, k, v, a, b, gate, dirs, chunk_size, impl)
 
 
