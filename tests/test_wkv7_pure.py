@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import pretrain.backbones.wkv7 as wkv7_mod
-from pretrain.backbones.rwkv7_ops import lerp_matmul, sqrelu_linear, time_mix_core
+from pretrain.backbones.rwkv7_core import time_mix_core
+from pretrain.backbones.rwkv7_ops import lerp_matmul, sqrelu_linear
 from pretrain.backbones.wkv7 import wkv7, wkv7_bidirectional
 from tests.test_rwkv7 import kernel_inputs, naive_wkv7, rel_err
 
@@ -147,6 +148,25 @@ def test_time_mix_core_matches_plain_autograd(monkeypatch, layer0, gated):
         assert rel_err(a, b) <= 1e-10, name
 
 
+@pytest.mark.timeout(120)
+def test_time_mix_core_under_autocast_matches_plain_autograd():
+    """Under bf16 autocast the core recomputes its chain under autograd (the GroupNorm in autocast's
+    precision): same output and gradients as plain autograd through the same ops, to bf16 accuracy."""
+    names = ["r", "zw", "k0", "vp", "v_first", "zv", "za", "g", "gate", "k_k", "k_a", "r_k", "ln_w", "ln_b"]
+    x = {k: None if t is None else t.detach().float().requires_grad_() for k, t in _core_inputs(False, True).items()}
+    probe = torch.randn(2, 37, 16, generator=torch.Generator().manual_seed(9))
+    runs = {}
+    for impl in ("pure", "autograd"):
+        for t in x.values():
+            t.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = time_mix_core(*[x[k] for k in names], heads=2, eps=1e-5 * 64, chunk_size=8, impl=impl)
+        (out.float() * probe).sum().backward()
+        runs[impl] = [out.detach()] + [x[k].grad.clone() for k in names]
+    for name, a, b in zip(["out", *names], runs["pure"], runs["autograd"]):
+        assert rel_err(a, b) <= 2e-2, name
+
+
 _MEASURE = """
 import json, sys, torch
 from pretrain.backbones.wkv7 import wkv7_bidirectional
@@ -182,12 +202,13 @@ def _peak(impl: str, length: int) -> dict:
 @pytest.mark.timeout(300)
 def test_backward_peak_memory_is_linear_and_bounded():
     """Peak resident memory of one fresh forward+backward (bidirectional, 3 heads x 64, A-RWKV-T layout)
-    stays under 2.5x the inputs' bytes + 24 MB at every length (the six input gradients alone are 1x:
-    inputs and outputs are packed into the chunk layout one block at a time, never whole); plain
-    autograd through the same forward (what the Function replaces) does not, so the bound can fail."""
+    stays under 2x the inputs' bytes + 72 MB at every length (the six input gradients alone are 1x;
+    the constant is one packed block of ``PACK_ROWS`` rows: inputs and results are packed into the
+    chunk layout a block at a time, never whole; measured ~1.1x + 65 MB); plain autograd through the
+    same forward (what the Function replaces) does not, so the bound can fail."""
 
     def bound(res: dict) -> float:
-        return 2.5 * res["inputs"] + 24 * 2**20
+        return 2 * res["inputs"] + 72 * 2**20
 
     for length in (1024, 4096, 8192):
         res = _peak("pure", length)

@@ -43,7 +43,8 @@ from torch import nn
 from ..patches import resize_pos_embed
 from .base import Backbone, BackboneOutput
 from .layers import DropPath
-from .rwkv7_ops import lerp_matmul, sqrelu_linear, time_mix_core
+from .rwkv7_core import time_mix_core
+from .rwkv7_ops import lerp_matmul, sqrelu_linear
 from .wkv7 import IMPLS as WKV_IMPLS
 from .wkv7 import MAX_CHUNK_SIZE, resolve_impl, wkv7, wkv7_bidirectional
 
@@ -192,7 +193,7 @@ class TimeMix(nn.Module):
         xx = self.shift(x, grid)
         # (x + xx * mu) @ W without keeping the six interpolated inputs (rwkv7_ops.lerp_matmul).
         r = lerp_matmul(x, xx, self.x_r, self.receptance.weight.t())
-        # zw, za, zv: the LoRA outputs before their sigmoid (rwkv7_ops.time_mix_pre applies them).
+        # zw, za, zv: the LoRA outputs before their sigmoid (rwkv7_core.time_mix_pre applies them).
         zw = F.linear(torch.tanh(lerp_matmul(x, xx, self.x_w, self.w1)), self.w2.t(), self.w0.view(-1))
         k = lerp_matmul(x, xx, self.x_k, self.key.weight.t())
         zv = None

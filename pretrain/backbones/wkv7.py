@@ -57,7 +57,7 @@ SEGMENT_ROWS = 1024
 SEGMENT_ROWS_CUDA = 1 << 16
 # Rows packed into the chunk layout at once (a whole number of segments): bounds the packed copies'
 # memory at long lengths while keeping the number of packing ops per call small.
-PACK_ROWS = 1 << 12
+PACK_ROWS = 1 << 14
 
 
 def _check_inputs(tensors: dict[str, torch.Tensor], chunk_size: int, impl: str) -> None:
