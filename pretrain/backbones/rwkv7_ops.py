@@ -9,7 +9,9 @@ memory besides the WKV itself, and both are cheap to recompute in backward:
 * ``sqrelu_linear(h, w, bias) = relu(h)^2 @ w^T + bias``: the channel-mix's squared-ReLU FFN.
   Autograd saves both ``relu(h)`` and ``relu(h)^2`` (4C each); this saves only ``h``.
 
-Both are checked against plain autograd in ``tests/test_rwkv7.py``.
+The time-mix's elementwise chain around the WKV is the third (``rwkv7_core.py``).
+
+Both are checked against plain autograd in ``tests/test_wkv7_pure.py``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ the chunk's middle step (``(x e^{G_t - G_m})(y e^{G_m - G_j})``), so no factor e
 ``e^{0.61 C / 2}`` at the decay floor; exponentials of cumulative sums over long spans are never
 formed. All maths runs in fp32 (fp64 inputs stay fp64); the result is cast back.
 
+Inputs are packed into the chunk layout, and results added back to ``(B, T, H, N)``, one block of
+segments at a time (``PACK_ROWS``): no full-length packed copy exists in forward or backward.
+
 Training memory: ``_WKV7Chunked`` saves only its inputs and the state entering each segment. Its
 backward walks the segments last to first: recomputes the chunk terms and chunk-boundary states,
 runs the state-gradient recurrence backwards, then forms every input gradient with batched matmuls
@@ -52,6 +55,9 @@ IMPLS = ("auto", "pure", "autograd", "fla")
 # amortise kernel launches.
 SEGMENT_ROWS = 1024
 SEGMENT_ROWS_CUDA = 1 << 16
+# Rows packed into the chunk layout at once (a whole number of segments): bounds the packed copies'
+# memory at long lengths while keeping the number of packing ops per call small.
+PACK_ROWS = 1 << 14
 
 
 def _check_inputs(tensors: dict[str, torch.Tensor], chunk_size: int, impl: str) -> None:
@@ -157,31 +163,65 @@ def _segments(z: int, chunks: int, c: int, device: torch.device) -> list[tuple[i
     return [(s, min(s + step, chunks)) for s in range(0, chunks, step)]
 
 
-def _forward(ra, g, kb, v) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """Chunked WKV-7 over segments; differentiable by autograd as written.
-
-    Returns ``y`` and the states entering each segment (None = zero)."""
-    chunks, z, c, _ = g.shape
-    state, ys, bounds = None, [], []
-    for s0, s1 in _segments(z, chunks, c, g.device):
-        bounds.append(state)
-        t = _chunk_terms(ra[s0:s1], g[s0:s1], kb[s0:s1], v[s0:s1])
-        y_state, _, _, state = _state_scan(t, v[s0:s1], state, keep=False)
-        ys.append(t["scores"][..., :c, :] @ torch.cat([v[s0:s1], t["w_part"]], dim=2) + y_state)
-    return (ys[0] if len(ys) == 1 else torch.cat(ys)), bounds
+def _blocks(z: int, chunks: int, c: int, device: torch.device) -> list[list[tuple[int, int]]]:
+    """Segments grouped into blocks of about ``PACK_ROWS`` rows: the unit packed into (and added back
+    from) the chunk layout at once, so no full-length packed copy ever exists."""
+    segs = _segments(z, chunks, c, device)
+    per = max(1, PACK_ROWS // (z * c * (segs[0][1] - segs[0][0])))
+    return [segs[i : i + per] for i in range(0, len(segs), per)]
 
 
-def _backward(ra, g, kb, v, d_y, bounds) -> tuple[torch.Tensor, ...]:
-    """Recomputed output and gradients w.r.t. (ra, g, kb, v), segment by segment from the end."""
-    chunks, z, c, n = g.shape
-    y, d_ra, d_g, d_kb, d_v = (torch.empty_like(x) for x in (d_y, ra, g, kb, v))
+def _forward(src, gate, dirs: int, c: int, y: torch.Tensor) -> list[torch.Tensor | None]:
+    """Chunked WKV-7 over segments, differentiable by autograd as written; adds the (combined) output
+    into ``y`` ``(B, T, H, N)`` and returns the states entering each segment (None = zero).
+
+    ``src``: ``(r, log_w, k, v, a, b)`` as ``(B, H, T, N)`` views."""
+    bsz, heads, length, _ = src[0].shape
+    chunks, z, calc = -(-length // c), dirs * bsz * heads, y.dtype
+    scales = _dir_scales(gate, dirs, calc)
+    state, bounds = None, []
+    for block in _blocks(z, chunks, c, y.device):
+        b0, b1 = block[0][0], block[-1][1]
+        ra, g, kb, v = _pack_block(src, dirs, c, calc, b0, b1)
+        ys = []
+        for s0, s1 in block:
+            sl = slice(s0 - b0, s1 - b0)
+            bounds.append(state)
+            t = _chunk_terms(ra[sl], g[sl], kb[sl], v[sl])
+            y_state, _, _, state = _state_scan(t, v[sl], state, keep=False)
+            ys.append(t["scores"][..., :c, :] @ torch.cat([v[sl], t["w_part"]], dim=2) + y_state)
+        _add_block([y], ys[0] if len(ys) == 1 else torch.cat(ys), dirs, c, b0, scales)
+    return bounds
+
+
+def _backward(src, gate, dirs: int, c: int, d_y, bounds, need_gate: bool):
+    """Gradients w.r.t. ``src`` (``(B, T, H, N)`` in the compute dtype) and the gate's ``(B, T, H, 1)``
+    (or None), block by block and segment by segment from the end. ``src``, ``d_y``: ``(B, H, T, N)``."""
+    bsz, heads, length, n = src[0].shape
+    chunks, z, calc = -(-length // c), dirs * bsz * heads, d_y.dtype
+    scales = _dir_scales(gate, dirs, calc)
+    grads = [torch.zeros(bsz, length, heads, n, dtype=calc, device=x.device) for x in src]
+    d_gate = torch.zeros(bsz, length, heads, 1, dtype=calc, device=d_y.device) if need_gate else None
+    blocks = _blocks(z, chunks, c, d_y.device)
+    seg_bounds = iter(reversed(bounds))
     d_state = None
-    for (s0, s1), state in reversed(list(zip(_segments(z, chunks, c, g.device), bounds))):
-        sl = slice(s0, s1)
-        y[sl], d_ra[sl], d_g[sl], d_kb[sl], d_v[sl], d_state = _backward_segment(
-            ra[sl], g[sl], kb[sl], v[sl], d_y[sl], state, d_state
-        )
-    return y, d_ra, d_g, d_kb, d_v
+    for block in reversed(blocks):
+        b0, b1 = block[0][0], block[-1][1]
+        ra, g, kb, v = _pack_block(src, dirs, c, calc, b0, b1)
+        dys = _pack([d_y], dirs, c, calc, b0, b1, scales)
+        y, d_ra, d_g, d_kb, d_v = (torch.empty_like(x) for x in (dys, ra, g, kb, v))
+        for s0, s1 in reversed(block):
+            sl = slice(s0 - b0, s1 - b0)
+            y[sl], d_ra[sl], d_g[sl], d_kb[sl], d_v[sl], d_state = _backward_segment(
+                ra[sl], g[sl], kb[sl], v[sl], dys[sl], next(seg_bounds), d_state
+            )
+        del ra, g, kb, v, dys
+        r_, lw_, k_, v_, a_, b_ = grads
+        for dests, packed in (([r_, a_], d_ra), ([lw_], d_g), ([k_, b_], d_kb), ([v_], d_v)):
+            _add_block(dests, packed, dirs, c, b0)
+        if d_gate is not None:  # d gamma = sum_n d_y (y_fwd - y_bwd)
+            _add_block([d_gate], y, dirs, c, b0, [d_y, d_y], diff=True)
+    return grads, d_gate
 
 
 def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, ...]:
@@ -245,75 +285,109 @@ def _backward_segment(ra, g, kb, v, d_y, state, d_state) -> tuple[torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------------------------
-# Layout: (B, T, H, N) per direction <-> (chunks, Z = dirs * B * H, C, N) in the compute dtype
-# (chunk-major, so a segment of chunks is one contiguous slice).
+# Layout: (B, H, T, N) per input <-> (chunks, Z = dirs * B * H, P * C, N) in the compute dtype
+# (chunk-major, so a segment of chunks is one contiguous slice), one block of chunks at a time.
 
 
-def _pack(sources: list[list[torch.Tensor]], c: int, calc: torch.dtype) -> torch.Tensor:
-    """Packed chunk layout ``(chunks, Z = dirs * B * H, P * C, N)`` in the compute dtype, one copy.
+def _dir_times(length: int, c: int, s0: int, d: int, nch: int) -> tuple[int, int]:
+    """Original time steps ``[t0, t1)`` covered by chunks ``[s0, s0 + nch)`` of direction ``d``
+    (direction 1 runs over the time-reversed sequence)."""
+    j0, j1 = s0 * c, min((s0 + nch) * c, length)
+    return (j0, j1) if d == 0 else (length - j1, length - j0)
 
-    ``sources[p][d]`` is input ``p`` for direction ``d``, ``(B, H, T, N)`` in forward time order;
-    direction 1 is time-reversed here. Within a chunk the P inputs are stacked along the row axis
-    (e.g. ``[r; a]``), so one matmul serves both. Padding steps are neutral (log_w = 0 keeps the
-    state, zero k/v/a/b add nothing, zero r reads nothing)."""
-    dirs = len(sources[0])
-    bsz, heads, length, n = sources[0][0].shape
-    full, rem = divmod(length, c)
-    chunks = full + (rem > 0)
-    out = sources[0][0].new_empty((chunks, dirs, bsz, heads, len(sources), c, n), dtype=calc)
-    for p, per_dir in enumerate(sources):
-        for d, x in enumerate(per_dir):
+
+def _dir_scales(gate, dirs: int, calc: torch.dtype):
+    """Per-direction output weights ``(B, H, T, 1)``: ``gate`` and ``1 - gate``, or None (sum / causal)."""
+    if dirs == 1 or gate is None:
+        return None
+    gm = gate.permute(0, 2, 1).unsqueeze(-1).to(calc)
+    return [gm, 1 - gm]
+
+
+def _pack(sources, dirs: int, c: int, calc: torch.dtype, s0: int, s1: int, scales=None) -> torch.Tensor:
+    """Chunks ``[s0, s1)`` of the packed layout ``(s1 - s0, Z, P * C, N)`` in the compute dtype.
+
+    ``sources[p]``: ``(B, H, T, N)`` in forward time order, the same for every direction; direction 1
+    is time-reversed here; ``scales[d]`` (optional) multiplies direction ``d``. Within a chunk the P
+    inputs are stacked along the row axis (e.g. ``[r; a]``), so one matmul serves both. Padding steps
+    are neutral (log_w = 0 keeps the state, zero k/v/a/b add nothing, zero r reads nothing)."""
+    bsz, heads, length, n = sources[0].shape
+    nch = s1 - s0
+    out = sources[0].new_empty((nch, dirs, bsz, heads, len(sources), c, n), dtype=calc)
+    for d in range(dirs):
+        t0, t1 = _dir_times(length, c, s0, d, nch)
+        full, rem = divmod(t1 - t0, c)
+        for p, x in enumerate(sources):
+            x = x[:, :, t0:t1].to(calc)
+            x = x if scales is None else x * scales[d][:, :, t0:t1]
             x = x.flip(2) if d == 1 else x
             dest = out[:, d, :, :, p]  # (chunks, B, H, C, N)
             dest[:full] = x[:, :, : full * c].unflatten(2, (full, c)).permute(2, 0, 1, 3, 4)
             if rem:
                 dest[full, :, :, :rem] = x[:, :, full * c :]
                 dest[full, :, :, rem:] = 0
-    return out.view(chunks, dirs * bsz * heads, len(sources) * c, n)
+    return out.view(nch, dirs * bsz * heads, len(sources) * c, n)
 
 
-def _unpack(y: torch.Tensor, dirs: int, bsz: int, length: int, parts: int) -> list[list[torch.Tensor]]:
-    """Inverse of ``_pack``: ``[p][d]`` -> ``(B, H, T, N)`` in forward time order."""
-    chunks, z, pc, n = y.shape
-    c, heads = pc // parts, z // (dirs * bsz)
-    y = y.view(chunks, dirs, bsz, heads, parts, c, n)
-    out = []
-    for p in range(parts):
-        x = y[:, :, :, :, p].permute(1, 2, 3, 0, 4, 5).reshape(dirs, bsz, heads, chunks * c, n)[:, :, :, :length]
-        out.append([x[0]] + ([x[1].flip(2)] if dirs == 2 else []))
-    return out
+def _pack_block(src, dirs: int, c: int, calc: torch.dtype, s0: int, s1: int):
+    """``(r, log_w, k, v, a, b)`` -> ``ra, g, kb, v`` for chunks ``[s0, s1)``."""
+    r, log_w, k, v, a, b = src
+    return tuple(_pack(parts, dirs, c, calc, s0, s1) for parts in ([r, a], [log_w], [k, b], [v]))
 
 
-def _pack_inputs(r, log_w, k, v, a, b, dirs: int, c: int):
-    """(B, T, H, N) inputs -> ``ra, g, kb, v`` in the packed layout."""
-    calc = torch.float64 if r.dtype == torch.float64 else torch.float32
-
-    def src(t: torch.Tensor) -> list[torch.Tensor]:
-        return [t.permute(0, 2, 1, 3)] * dirs
-
-    return (
-        _pack([src(r), src(a)], c, calc),
-        _pack([src(log_w)], c, calc),
-        _pack([src(k), src(b)], c, calc),
-        _pack([src(v)], c, calc),
-    )
-
-
-def _combine(parts: list[torch.Tensor], gate: torch.Tensor | None) -> torch.Tensor:
-    """(B, H, T, N) per direction -> one (B, H, T, N): causal, gated mix, or sum."""
-    if len(parts) == 1:
-        return parts[0]
-    if gate is None:
-        return parts[0] + parts[1]
-    gm = gate.permute(0, 2, 1).unsqueeze(-1).to(parts[0].dtype)  # (B, H, T, 1)
-    return parts[1] + gm * (parts[0] - parts[1])
+def _add_block(dests, packed: torch.Tensor, dirs: int, c: int, s0: int, scales=None, diff=False) -> None:
+    """Add packed chunks starting at ``s0`` into ``dests[p]`` ``(B, T, H, N)`` (inverse of ``_pack``),
+    summing the directions; ``scales[d]`` ``(B, H, T, 1 or N)`` multiplies direction ``d``. ``diff``: add
+    direction 0 minus direction 1, summed over N (``dests`` then ``(B, T, H, 1)``), for the gate's
+    gradient. Writes into slices of the base tensors, which autograd can follow (impl="autograd")."""
+    bsz, length, heads = dests[0].shape[:3]
+    nch, z, pc, n = packed.shape
+    packed = packed.view(nch, dirs, bsz, heads, len(dests), c, n)
+    for d in range(dirs):
+        t0, t1 = _dir_times(length, c, s0, d, nch)
+        for p, dest in enumerate(dests):
+            x = packed[:, d, :, :, p].permute(1, 2, 0, 3, 4).reshape(bsz, heads, nch * c, n)[:, :, : t1 - t0]
+            x = x.flip(2) if d == 1 else x
+            if scales is not None:
+                x = x * scales[d][:, :, t0:t1]
+            if diff:
+                x = x.sum(-1, keepdim=True) * (1 - 2 * d)
+            dest[:, t0:t1] += x.transpose(1, 2)
 
 
 def _run_forward(r, log_w, k, v, a, b, gate, dirs: int, c: int):
     """(B, T, H, N) output and the states entering each segment."""
-    y, bounds = _forward(*_pack_inputs(r, log_w, k, v, a, b, dirs, c))
-    y = _combine(_unpack(y, dirs, r.shape[0], r.shape[1], 1)[0], gate)
-    return y.permute(0, 2, 1, 3).to(r.dtype).contiguous(), bounds
+    calc = torch.float64 if r.dtype == torch.float64 else torch.float32
+    y = torch.zeros(r.shape, dtype=calc, device=r.device)
+    bounds = _forward([t.permute(0, 2, 1, 3) for t in (r, log_w, k, v, a, b)], gate, dirs, c, y)
+    return y.to(r.dtype), bounds
+
+
+def pure_forward(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int):
+    """``(y, bounds)``: the pure path's output (B, T, H, N) and the states entering each segment
+    (the first is None), which is all ``pure_backward`` needs besides the inputs. Runs in fp32 even
+    under autocast."""
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _run_forward(r, log_w, k, v, a, b, gate, dirs, chunk_size)
+
+
+def pure_backward(inputs, bounds, d_y: torch.Tensor, dirs: int, chunk_size: int, need_gate: bool):
+    """Gradients ``(d_r, d_log_w, d_k, d_v, d_a, d_b, d_gate)`` of the pure path from its inputs
+    ``(r, log_w, k, v, a, b, gate)`` and the ``bounds`` of ``pure_forward``."""
+    with torch.autocast(device_type=d_y.device.type, enabled=False):
+        return _pure_grads(inputs, bounds, d_y, dirs, chunk_size, need_gate)
+
+
+def _pure_grads(inputs, bounds, d_y, dirs: int, c: int, need_gate: bool):
+    *xs, gate = inputs
+    calc = torch.float64 if xs[0].dtype == torch.float64 else torch.float32
+    src = [t.permute(0, 2, 1, 3) for t in xs]
+    d_yp = d_y.permute(0, 2, 1, 3).to(calc)
+    grads, d_gate = _backward(src, gate, dirs, c, d_yp, bounds, gate is not None and need_gate)
+    out = [gr.to(t.dtype) for gr, t in zip(grads, xs)]
+    if d_gate is not None:
+        d_gate = d_gate.squeeze(-1).to(gate.dtype)
+    return (*out, d_gate)
 
 
 class _WKV7Chunked(torch.autograd.Function):
@@ -330,28 +404,10 @@ class _WKV7Chunked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_y):
         r, log_w, k, v, a, b, gate, *bounds = ctx.saved_tensors
-        dirs, c = ctx.dirs, ctx.chunk_size
-        bsz, length = r.shape[:2]
-        packed = _pack_inputs(r, log_w, k, v, a, b, dirs, c)
-        d_yp = d_y.to(packed[0].dtype).permute(0, 2, 1, 3)  # (B, H, T, N)
-        if dirs == 2 and gate is not None:
-            gm = gate.to(d_yp.dtype).permute(0, 2, 1).unsqueeze(-1)
-            d_f = d_yp * gm
-            d_parts = [d_f, d_yp - d_f]
-        else:
-            d_parts = [d_yp] * dirs
-        y, d_ra, d_g, d_kb, d_v = _backward(*packed, _pack([d_parts], c, d_yp.dtype), [None, *bounds])
-        d_gate = None
-        if gate is not None and ctx.needs_input_grad[6]:
-            y_f, y_b = _unpack(y, dirs, bsz, length, 1)[0]
-            d_gate = (d_yp * (y_f - y_b)).sum(-1).permute(0, 2, 1).to(gate.dtype)
-        grads = {}
-        for name, packed_grad in (("ra", d_ra), ("g", d_g), ("kb", d_kb), ("v", d_v)):
-            for p, per_dir in enumerate(_unpack(packed_grad, dirs, bsz, length, len(name))):
-                total = per_dir[0] + per_dir[1] if dirs == 2 else per_dir[0]
-                grads[name[p]] = total.permute(0, 2, 1, 3)
-        out = [grads[x].to(t.dtype) for x, t in zip("rgkvab", (r, log_w, k, v, a, b))]
-        return (*out, d_gate, None, None)
+        grads = _pure_grads(
+            (r, log_w, k, v, a, b, gate), [None, *bounds], d_y, ctx.dirs, ctx.chunk_size, ctx.needs_input_grad[6]
+        )
+        return (*grads, None, None)
 
 
 def _wkv7_pure(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
@@ -364,12 +420,21 @@ def _wkv7_pure(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str
         return _WKV7Chunked.apply(r, log_w, k, v, a, b, gate, dirs, chunk_size)
 
 
-def _dispatch(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
-    if impl == "fla" or (impl == "auto" and r.is_cuda):
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """The implementation ``impl`` runs on ``device``: "fla", "pure" or "autograd"."""
+    if impl == "auto" and device.type == "cuda":
         from . import wkv7_fla
 
-        if impl == "fla" or wkv7_fla.available():
-            return wkv7_fla.wkv7_fla(r, log_w, k, v, a, b, gate, dirs)
+        return "fla" if wkv7_fla.available() else "pure"
+    return "pure" if impl == "auto" else impl
+
+
+def _dispatch(r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int, impl: str) -> torch.Tensor:
+    impl = resolve_impl(impl, r.device)
+    if impl == "fla":
+        from . import wkv7_fla
+
+        return wkv7_fla.wkv7_fla(r, log_w, k, v, a, b, gate, dirs)
     return _wkv7_pure(r, log_w, k, v, a, b, gate, dirs, chunk_size, impl)
 
 
