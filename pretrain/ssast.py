@@ -54,7 +54,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ObjectiveSection
+from .config import MaskingSection, ObjectiveSection
 from .encoder import Encoder
 from .masking import make_mask, mask_count_for
 from .patches import patchify, valid_patches
@@ -68,15 +68,15 @@ def step_generator(seed: int, step: int, rank: int, micro: int, which: int = 0) 
     return g
 
 
-def build_masks(kind: str, count: int, encoder: Encoder, num_frames: torch.Tensor, frames: int,
-                generators: list[torch.Generator], span: int = 10) -> list[torch.Tensor]:
-    """One ``(B, N)`` mask per generator: ``count`` patches of a full clip (fewer for a padded one), never a
-    patch that is only padding, and never every patch (the losses need at least one visible)."""
+def build_masks(masking: MaskingSection, encoder: Encoder, num_frames: torch.Tensor, frames: int,
+                generators: list[torch.Generator]) -> list[torch.Tensor]:
+    """One ``(B, N)`` mask per generator: ``masking.count`` patches of a full clip (fewer for a padded one),
+    never a patch that is only padding, and never every patch (the losses need at least one visible)."""
     grid = encoder.grid_for(frames)
     valid = valid_patches(num_frames.cpu(), grid, encoder.config.patch, encoder.config.stride)
     total = grid[0] * grid[1]
-    counts = mask_count_for(valid.sum(1), min(count, total - 1), total)
-    return [make_mask(kind, valid, grid, counts, generator=g, span=span) for g in generators]
+    counts = mask_count_for(valid.sum(1), min(masking.count, total - 1), total)
+    return [make_mask(masking.kind, valid, grid, counts, generator=g, span=masking.span) for g in generators]
 
 
 # ------------------------------------------------------------------------------------------ 3. heads

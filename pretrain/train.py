@@ -52,8 +52,7 @@ def validate(acc: Accelerator, recipe: Recipe, model: Pretrainer, shards: ShardS
             break
         fbank, frames = _features(batch, stream, acc.device)
         gens = [step_generator(recipe.train.seed + 1, i, acc.process_index, 0, w) for w in range(1)]
-        m = recipe.masking
-        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, model.encoder, frames, fbank.shape[1], gens, m.span)]
+        masks = [x.to(acc.device) for x in build_masks(recipe.masking, model.encoder, frames, fbank.shape[1], gens)]
         with acc.autocast():
             out = model(fbank, masks)
         n = fbank.shape[0]
@@ -154,8 +153,7 @@ def _accumulate(s: Session, batches: Iterator[dict[str, Any]], tally: Tally,
             keys_file.write("\n".join(batch["keys"]) + "\n")
         fbank, frames = _features(batch, s.stream, acc.device)
         gens = [step_generator(t.seed, state.step, rank, micro, w) for w in range(2 if two_pass else 1)]
-        m = s.recipe.masking
-        masks = [x.to(acc.device) for x in build_masks(m.kind, m.count, s.core.encoder, frames, fbank.shape[1], gens, m.span)]
+        masks = [x.to(acc.device) for x in build_masks(s.recipe.masking, s.core.encoder, frames, fbank.shape[1], gens)]
         sync = acc.no_sync(s.model) if micro < t.grad_accum - 1 else nullcontext()
         with sync, acc.autocast():
             out = s.model(fbank, masks)
