@@ -50,11 +50,13 @@ def _randint(
     return torch.randint(low, high, shape, generator=generator, device=gen_device).to(device)
 
 
-def _check_valid(valid: torch.Tensor) -> None:
+def _check_valid(valid: torch.Tensor, grid: tuple[int, int] | None = None) -> None:
     if valid.dtype != torch.bool or valid.dim() != 2:
         raise ValueError(
             f"valid must be a (batch, patches) bool tensor, got {tuple(valid.shape)} {valid.dtype}"
         )
+    if grid is not None and grid[0] * grid[1] != valid.shape[1]:
+        raise ValueError(f"grid {grid[0]}x{grid[1]} has {grid[0] * grid[1]} patches but the mask has {valid.shape[1]}")
 
 
 def _per_clip_counts(count: int | torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -115,11 +117,9 @@ def cluster_mask(
 
     Frame grids (``nf == 1``) use :func:`random_mask`, as SSAST does for frame patches.
     """
-    _check_valid(valid)
-    nt, nf = grid
-    b, n = valid.shape
-    if nt * nf != n:
-        raise ValueError(f"grid {nt}x{nf} has {nt * nf} patches but the mask has {n}")
+    _check_valid(valid, grid)
+    nf = grid[1]
+    b = valid.shape[0]
     if not 1 <= min_side <= max_side:
         raise ValueError(f"cluster sides must satisfy 1 <= min_side <= max_side, got {min_side}, {max_side}")
     if nf == 1:
@@ -159,11 +159,9 @@ def span_mask(
     (clipped at the clip's edges, overlapping earlier runs allowed); the last run is truncated to hit
     the count exactly, as in :func:`cluster_mask`.
     """
-    _check_valid(valid)
-    nt, nf = grid
-    b, n = valid.shape
-    if nt * nf != n:
-        raise ValueError(f"grid {nt}x{nf} has {nt * nf} patches but the mask has {n}")
+    _check_valid(valid, grid)
+    nf = grid[1]
+    b = valid.shape[0]
     if span < 1:
         raise ValueError(f"span must be >= 1 time step, got {span}")
     counts = _per_clip_counts(count, valid)
