@@ -6,7 +6,7 @@ before the timed call) is its own. CPU only here; time is the wall clock of one 
 small warm-up call (the machine is shared: every size runs once).
 
     python bench/bench_mamba.py scan [--lengths 512 2048 8192]
-    python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...]
+    python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...] [--models mamba mamba-ckpt rwkv7 vit-sdpa vit-naive]
     flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only]   # issue 16
 
 ``targets`` measures, in one run: the pretraining step of SSAMBA-tiny vs ViT-tiny (SDPA) with the
@@ -19,6 +19,7 @@ subprocesses, as ``encoder``). The 16k cases need ~3 GB: run it under the big-me
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -86,6 +87,11 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
         # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml ("mamba-ckpt": with activation checkpointing)
         bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum")
         config = EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=1024)
+    elif model == "rwkv7":  # A-RWKV-T, next to Mamba in the same sweep
+        from pretrain.backbones import make_backbone_config
+
+        bconf = dataclasses.asdict(make_backbone_config("rwkv7", "t"))
+        config = EncoderConfig(backbone="rwkv7", backbone_config=bconf, input_frames=1024)
     else:
         attention = model.split("-")[1]
         config = EncoderConfig(backbone="vit", backbone_config=dict(dim=192, depth=12, num_heads=3,

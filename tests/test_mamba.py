@@ -13,7 +13,7 @@ from torch import nn
 from pretrain.backbones import make_backbone_config
 from pretrain.backbones import selective_scan as scan_module
 from pretrain.backbones.mamba import BiMambaMixer, MambaBackbone, MambaConfig
-from pretrain.backbones.selective_scan import linear_scan, plan_chunks, selective_scan
+from pretrain.backbones.selective_scan import linear_scan, plan_chunks, selective_scan, softplus
 from pretrain.encoder import Encoder, EncoderConfig
 from pretrain.features import FeatureConfig
 
@@ -123,6 +123,27 @@ def test_linear_scan_matches_loop_for_every_length_up_to_70():
             ref.append(h)
         assert torch.allclose(linear_scan(a, x), torch.stack(ref, 1), rtol=1e-12, atol=1e-12), length
 
+
+def test_fp32_softplus_matches_torch_values_and_gradients():
+    """The scan's fp32 softplus (exp/log, Goldberg's log1p) against F.softplus in fp64, over the whole
+    range Δ takes: underflow, the threshold at 20, zero, infinities and NaN."""
+    special = torch.tensor([0.0, -0.0, 1e-8, -1e-8, 20.0, 20.5, -20.0, -87.0, -90.0, -104.0, -200.0, 200.0,
+                            float("inf"), float("-inf")])
+    x = torch.cat([torch.linspace(-40, 40, 20001), torch.randn(4096) * 6, special]).requires_grad_()
+    y = softplus(x)
+    ref = F.softplus(x.detach().double())
+    assert y.dtype == torch.float32
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    err = (y.detach().double() - ref).abs()[finite]
+    # a few fp32 ulps (torch's own fp32 softplus: ~1.2e-7), and fp32's denormal floor near e^-104
+    assert (err <= 1e-6 * ref[finite] + 1e-44).all()
+    g = torch.randn_like(x)
+    y.backward(g)
+    assert torch.allclose(x.grad, g * torch.sigmoid(x.detach()), rtol=0, atol=0)
+    assert softplus(torch.tensor([float("nan")])).isnan().all()
+    x64 = torch.randn(64, dtype=torch.float64)  # other dtypes take F.softplus itself
+    assert torch.equal(softplus(x64), F.softplus(x64))
 
 def test_selective_scan_rejects_bad_shapes():
     u = torch.randn(1, 5, 3)
