@@ -29,7 +29,7 @@ class ModelSection:
 
 @dataclass
 class DataSection:
-    train: str | list[str] = ""  # index.json, a directory holding one, a brace pattern, or a list of paths/URLs
+    train: str | list[str] = ""  # index.json, a directory holding one, a brace pattern, or a list of these/paths/URLs
     valid: str | list[str] | None = None  # held-out shards: loss and masked accuracy every val_every steps
     target_frames: int = 1024  # fbank frames per clip (random crop / zero-pad; padding never masked)
     num_workers: int = 2  # loader processes per rank (0 = in the training process)

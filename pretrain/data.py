@@ -85,7 +85,8 @@ def _index_urls(index_path: Path) -> ShardSet:
 
 
 def resolve_shards(spec: str | list[str], allow_pipe: bool = False, key: str | None = None) -> ShardSet:
-    """Resolve an ``index.json``, a directory holding one, a brace pattern, or a list of paths/URLs.
+    """Resolve an ``index.json``, a directory holding one, a brace pattern, or a list of any of these
+    and shard paths/URLs (a list that names indexes adds up their sample counts).
 
     ``key`` (e.g. ``data.valid``) is the recipe key the spec came from; errors start with it."""
     try:
@@ -99,9 +100,26 @@ def resolve_shards(spec: str | list[str], allow_pipe: bool = False, key: str | N
         raise DataError(f"{key}: {e}{hint}") from None
 
 
+def _names_index(item: Any) -> bool:
+    """Whether a list item is a shard directory or an ``index.json`` (not a shard path or URL)."""
+    return isinstance(item, str) and "://" not in item and (item.endswith(".json") or Path(item).is_dir())
+
+
+def _merge(sets: list[ShardSet], spec: list[str]) -> ShardSet:
+    """One ShardSet from several (e.g. ``["corpus_a/train", "corpus_b/train"]``): the shards in order,
+    the sample counts summed when all are known, the label vocabularies united in first-seen order."""
+    counts = [s.num_samples for s in sets]
+    vocabulary = list(dict.fromkeys(v for s in sets for v in (s.vocabulary or [])))
+    return ShardSet(urls=[u for s in sets for u in s.urls],
+                    num_samples=None if None in counts else sum(counts),  # type: ignore[arg-type]
+                    vocabulary=vocabulary or None, source=str(spec))
+
+
 def _resolve_shards(spec: str | list[str], allow_pipe: bool) -> ShardSet:
     if not spec:
         raise DataError("no shards given (the shard list is empty)")
+    if isinstance(spec, list) and any(_names_index(item) for item in spec):
+        return _merge([_resolve_shards(item, allow_pipe) for item in spec], spec)
     if isinstance(spec, str) and "://" not in spec and not spec.startswith("pipe:"):
         p = Path(spec)
         if p.is_dir():

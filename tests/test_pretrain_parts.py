@@ -124,6 +124,15 @@ def test_resolve_shards_forms_and_errors(tiny_shards):
     n = len(by_dir.urls)
     pattern = str(tiny_shards / "train" / f"train-{{000000..{n - 1:06d}}}.tar")
     assert resolve_shards(pattern).urls == by_dir.urls
+    both = resolve_shards([str(tiny_shards / "train"), str(tiny_shards / "valid" / "index.json")])
+    valid = resolve_shards(str(tiny_shards / "valid"))
+    assert both.urls == by_dir.urls + valid.urls
+    assert both.num_samples == by_dir.num_samples + valid.num_samples
+    assert set(both.vocabulary) == set(by_dir.vocabulary) | set(valid.vocabulary)
+    mixed = resolve_shards([str(tiny_shards / "train"), valid.urls[0]])  # a tar without an index: no count
+    assert mixed.urls == by_dir.urls + valid.urls[:1] and mixed.num_samples is None
+    with pytest.raises(DataError, match="lists shard sets, not shards; use one of: test, train, valid"):
+        resolve_shards([str(tiny_shards / "train"), str(tiny_shards)])
     with pytest.raises(DataError, match="pipe: URLs run shell commands"):
         resolve_shards("pipe:cat x.tar")
     with pytest.raises(DataError, match="not found"):
