@@ -434,7 +434,7 @@ def selective_scan(
         *plan_chunks(batch, length, channels, state, block_tokens),
     )
     if D is not None:
-        y = y + u_c * rows(D)
+        y = torch.addcmul(y, u_c, rows(D))
     if z is not None:
         y = y * F.silu(z.to(dtype))
     return y.to(out_dtype)
