@@ -81,7 +81,7 @@ class _Softplus(torch.autograd.Function):
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """``F.softplus(x)`` (beta 1), through :class:`_Softplus` for fp32 CPU tensors (other dtypes and
     devices: ``F.softplus``). Agrees with ``F.softplus`` to ~2e-7 relative in fp32."""
-    if x.dtype == torch.float32 and not x.is_cuda:
+    if x.dtype == torch.float32 and x.device.type == "cpu":
         return _Softplus.apply(x)
     return F.softplus(x)
 
