@@ -6,7 +6,7 @@ before the timed call) is its own. CPU only here; time is the wall clock of one 
 small warm-up call (the machine is shared: every size runs once).
 
     python bench/bench_mamba.py scan [--lengths 512 2048 8192]
-    python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...] [--models mamba mamba-ckpt rwkv7 vit-sdpa vit-naive]
+    python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...] [--models mamba mamba-plain mamba-ckpt rwkv7 vit-sdpa vit-naive]
     flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only]   # issue 16
 
 ``targets`` measures, in one run: the pretraining step of SSAMBA-tiny vs ViT-tiny (SDPA) with the
@@ -84,8 +84,10 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
 
     torch.manual_seed(0)
     if model.startswith("mamba"):
-        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml ("mamba-ckpt": with activation checkpointing)
-        bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum")
+        # SSAMBA-tiny as in recipes/pretrain/ssamba_tiny.toml ("mamba-ckpt": with activation checkpointing;
+        # "mamba-plain": lean_backward off, plain autograd keeps every mixer intermediate)
+        bconf = dict(dim=192, depth=24, bimamba="v2", cls_position="start", layer_pairing="sum",
+                     lean_backward="never" if model.startswith("mamba-plain") else "auto")
         config = EncoderConfig(backbone="mamba", backbone_config=bconf, input_frames=1024)
     elif model == "rwkv7":  # A-RWKV-T, next to Mamba in the same sweep
         from pretrain.backbones import make_backbone_config
@@ -121,10 +123,12 @@ def _step_models() -> dict:
     from pretrain.encoder import Encoder, EncoderConfig
     from pretrain.train import Pretrainer
 
+    ssamba = dict(bimamba="v2", cls_position="start", layer_pairing="sum")
     models = {}
     for name, bconf in (("vit-tiny (SDPA)", make_backbone_config("vit", "tiny", attention="sdpa")),
-                        ("mamba-tiny (SSAMBA)", make_backbone_config("mamba", "tiny", bimamba="v2",
-                                                                     cls_position="start", layer_pairing="sum"))):
+                        ("mamba-tiny (SSAMBA)", make_backbone_config("mamba", "tiny", **ssamba)),
+                        ("mamba-tiny, plain autograd", make_backbone_config("mamba", "tiny", lean_backward="never",
+                                                                            **ssamba))):
         torch.manual_seed(0)
         backbone = "vit" if name.startswith("vit") else "mamba"
         model = Pretrainer(Encoder(EncoderConfig(backbone=backbone, backbone_config=vars(bconf), input_frames=1024)))
@@ -183,23 +187,25 @@ def bench_targets(repeats: int, lengths: bool = True) -> None:
         print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
         return
     cells = {}
-    models = ("mamba", "mamba-ckpt", "vit-sdpa")
-    for tokens in (4096, 8192, 16384):
+    models = ("mamba", "mamba-plain", "mamba-ckpt", "vit-sdpa")
+    lengths_ = (4096, 8192, 16384)
+    for tokens in lengths_:
         for model in models:
             cells[model, tokens] = _subprocess(["encoder", model, str(tokens), "1"])
-    print("\n| forward+backward, batch 1, fp32 | mamba-tiny | mamba-tiny, checkpointed | vit-tiny SDPA "
-          "| mamba / vit | mamba ckpt / vit |\n|---|---|---|---|---|---|")
-    for tokens in (4096, 8192, 16384):
-        m, c, v = (cells[k, tokens] for k in models)
-        if any("error" in r for r in (m, c, v)):
-            print(f"| {tokens} tokens | {m} | {c} | {v} | | |")
+    print("\n| forward+backward, batch 1, fp32 | " + " | ".join(models) + " | "
+          + " | ".join(f"{m} / vit" for m in models[:-1]) + " |\n|---" * (2 * len(models)) + "|")
+    for tokens in lengths_:
+        row = [cells[k, tokens] for k in models]
+        if any("error" in r for r in row):
+            print(f"| {tokens} tokens | " + " | ".join(map(str, row)) + " |")
             continue
-        print(f"| {tokens} tokens: seconds | {m['seconds']:.2f} | {c['seconds']:.2f} | {v['seconds']:.2f} "
-              f"| {m['seconds'] / v['seconds']:.2f} | {c['seconds'] / v['seconds']:.2f} |")
-        print(f"| {tokens} tokens: peak MB (KB/token) | " + " | ".join(
-            f"{r['peak_mb']:.0f} ({r['peak_mb'] * 1024 / tokens:.0f})" for r in (m, c, v))
-            + f" | {m['peak_mb'] / v['peak_mb']:.2f} | {c['peak_mb'] / v['peak_mb']:.2f} |")
-    for model in models[:2]:
+        vit = row[-1]
+        print(f"| {tokens} tokens: seconds | " + " | ".join(f"{r['seconds']:.2f}" for r in row) + " | "
+              + " | ".join(f"{r['seconds'] / vit['seconds']:.2f}" for r in row[:-1]) + " |")
+        print(f"| {tokens} tokens: peak MB (KB/token) | "
+              + " | ".join(f"{r['peak_mb']:.0f} ({r['peak_mb'] * 1024 / tokens:.0f})" for r in row) + " | "
+              + " | ".join(f"{r['peak_mb'] / vit['peak_mb']:.2f}" for r in row[:-1]) + " |")
+    for model in models[:-1]:
         if all("seconds" in cells[model, t] for t in (4096, 16384)):
             print(f"\n{model} t16k / t4k = {cells[model, 16384]['seconds'] / cells[model, 4096]['seconds']:.2f}")
     print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")

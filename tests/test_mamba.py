@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.backbones import make_backbone_config
+from pretrain.backbones import make_backbone_config, mamba_lean
 from pretrain.backbones import selective_scan as scan_module
 from pretrain.backbones.mamba import BiMambaMixer, MambaBackbone, MambaConfig
 from pretrain.backbones.selective_scan import linear_scan, plan_chunks, selective_scan, softplus
@@ -286,6 +286,80 @@ def test_mixer_matches_equations(bimamba, divide):
         y = y + y_b
     expected = y @ mixer.out_proj.weight.T
     assert _rel(mixer(h), expected) <= 1e-10
+
+
+def _mixer_grads(mixer: BiMambaMixer, h: torch.Tensor, lean: bool) -> list[torch.Tensor]:
+    """The mixer's output, then the gradients of a random projection of it for the input and every parameter."""
+    mixer.config.lean_backward = "always" if lean else "never"
+    leaf = h.detach().requires_grad_()
+    y = mixer(leaf)
+    probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    params = list(mixer.parameters())
+    return [y.detach(), *torch.autograd.grad((y * probe).sum(), [leaf, *params])]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bimamba,divide", [("v2", True), ("v2", False), ("v1", True), ("none", True)])
+@pytest.mark.parametrize("length,block", [(11, None), (37, 5), (70, 8)])
+def test_lean_backward_matches_plain_autograd(bimamba, divide, length, block):
+    """mamba_lean's recompute-in-backward gives plain autograd's values and gradients (fp64, one and
+    several chunks, every bidirectional variant)."""
+    torch.manual_seed(0)
+    cfg = MambaConfig(dim=8, depth=2, d_state=4, bimamba=bimamba, if_divide_out=divide, scan_block_tokens=block)
+    mixer = BiMambaMixer(cfg).double()
+    with torch.no_grad():  # a non-zero D_b and dt bias: every term reaches the gradients
+        for p in mixer.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    h = torch.randn(3, length, 8, dtype=torch.float64)
+    lean, plain = _mixer_grads(mixer, h, True), _mixer_grads(mixer, h, False)
+    for got, ref in zip(lean, plain):
+        assert _rel(got, ref) <= 1e-10
+
+
+def test_lean_backward_with_frozen_parameters_and_no_grad():
+    """Only the gradients asked for are made; inference (no_grad) takes the plain path."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(MambaConfig(dim=8, depth=2, d_state=4)).double()
+    h = torch.randn(2, 9, 8, dtype=torch.float64, requires_grad=True)
+    mixer.x_proj.weight.requires_grad_(False)
+    mixer(h).sum().backward()
+    assert mixer.x_proj.weight.grad is None and mixer.x_proj_b.weight.grad is not None and h.grad is not None
+    with torch.no_grad():
+        assert torch.equal(mixer(h), mixer(h))
+
+
+def _saved_bytes_per_token(mode: str, length: int) -> float:
+    """Bytes autograd keeps per token for one SSAMBA-tiny-wide mixer (saved tensors, storages counted once)."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(MambaConfig(dim=192, d_state=16, lean_backward=mode))
+    h = torch.randn(1, length, 192, requires_grad=True)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mixer(h)
+    params = sum(p.numel() * 4 for p in mixer.parameters())
+    return (sum(storages.values()) - params) / length
+
+
+@pytest.mark.timeout(60)
+def test_lean_backward_keeps_a_fraction_of_plain_autograds_activations():
+    """The lean mixer keeps the in_proj input and output (D + 2E floats per token) and the chunk-entry states
+    (2·E·N per chunk of ~50 tokens): ≤ 5 KB per token at E = 384, at every length; plain autograd keeps
+    ~31 KB. "auto" is plain below AUTO_MIN_ELEMENTS numbers per call and lean from there."""
+    dim, inner, state = 192, 384, 16
+    bound = 4 * (dim + 2 * inner + 2 * inner * state / 48 + 64)
+    for length in (512, 2048):
+        lean, plain = _saved_bytes_per_token("always", length), _saved_bytes_per_token("never", length)
+        assert lean <= bound, (length, lean, bound)
+        assert plain > 6 * lean, (length, lean, plain)
+    assert _saved_bytes_per_token("auto", 2048) == _saved_bytes_per_token("never", 2048)
+    long = -(-mamba_lean.AUTO_MIN_ELEMENTS // inner)
+    assert _saved_bytes_per_token("auto", long) == _saved_bytes_per_token("always", long)
+    assert _saved_bytes_per_token("auto", long - 1) == _saved_bytes_per_token("never", long - 1)
 
 
 def test_reference_initialization():

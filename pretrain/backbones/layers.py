@@ -1,4 +1,5 @@
-"""Layers shared by the backbones (as timm's ``layers``): stochastic depth and position-embedding lookup."""
+"""Layers shared by the backbones (as timm's ``layers``): stochastic depth, position-embedding lookup, and the
+autocast state a custom autograd function replays in its backward."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import torch
 from torch import nn
 
 from ..patches import resize_pos_embed
+
+
+def autocast_state(t: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """Autocast state at forward time, for a custom backward to replay (what ``torch.amp.custom_bwd`` does)."""
+    dev = t.device.type
+    return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
 
 
 class DropPath(nn.Module):

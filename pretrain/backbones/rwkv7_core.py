@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import wkv7 as wkv
-from .rwkv7_ops import _amp_state
+from .layers import autocast_state
 
 _NORM_EPS = 1e-12  # F.normalize's default
 
@@ -78,7 +78,7 @@ class _TimeMixCore(torch.autograd.Function):
         y, bounds = wkv.pure_forward(r_h, p["log_w"], p["k"], p["v"], p["a"], p["b"], gate, 2, chunk)
         out = time_mix_post(y, r_h, p["k"], p["v"], g, r_k, ln_w, ln_b, eps)
         ctx.save_for_backward(*tensors, y, *bounds[1:])
-        ctx.cfg, ctx.amp = cfg, _amp_state(r)
+        ctx.cfg, ctx.amp = cfg, autocast_state(r)
         return out
 
     @staticmethod

@@ -18,11 +18,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _amp_state(t: torch.Tensor) -> tuple[str, bool, torch.dtype]:
-    """Autocast state at forward time, replayed in backward (what ``torch.amp.custom_bwd`` does)."""
-    dev = t.device.type
-    return dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)
+from .layers import autocast_state
 
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -34,7 +30,7 @@ class _LerpMatmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, xx, mu, w):
         ctx.save_for_backward(x, xx, mu, w)
-        ctx.amp = _amp_state(x)
+        ctx.amp = autocast_state(x)
         return torch.addcmul(x, xx, mu) @ w
 
     @staticmethod
@@ -60,7 +56,7 @@ class _SqReLULinear(torch.autograd.Function):
     def forward(ctx, h, w, bias):
         ctx.save_for_backward(h, w)
         ctx.has_bias = bias is not None
-        ctx.amp = _amp_state(h)
+        ctx.amp = autocast_state(h)
         act = torch.relu(h).square_()
         return torch.nn.functional.linear(act, w, bias)
 

@@ -33,6 +33,7 @@ when the tensors are on CUDA and ``mamba_ssm`` is installed; ``impl="torch"`` fo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -226,58 +227,78 @@ def _entry_states(lay: _Layout, d, x, Bq, a2t) -> torch.Tensor | None:
     return h_in.view(lay.groups, lay.m, *h_in.shape[2:])
 
 
-class _ChunkedScan(torch.autograd.Function):
-    """``y_t = Σ_n C_t[n] h_t[n]`` (no D, no gate); inputs already in the compute dtype.
+def chunked_scan_forward(u, delta, A, B, C, plan: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, starts)``: ``y_t = Σ_n C_t[n] h_t[n]`` (no D, no gate) and the state entering each backward
+    chunk, ``(Bt, K, N, E)`` (all :func:`chunked_scan_backward` needs besides the inputs).
 
-    u, delta: ``(Bt, L, E)``; A: ``(G, E, N)``; B, C: ``(Bt, L, N)``; ``(Q, K, J)`` from :func:`plan_chunks`.
+    Inputs already in the compute dtype. u, delta: ``(Bt, L, E)``; A: ``(G, E, N)``; B, C: ``(Bt, L, N)``;
+    ``plan = (Q, K, J)`` from :func:`plan_chunks`.
     """
+    q_b, k_b, j = plan
+    batch, length, channels = u.shape
+    groups, state = A.shape[0], A.shape[2]
+    k_f = j  # forward chunks side by side: as many as the backward runs, each K/J backward chunks long
+    lay = _Layout(batch, length, groups, k_b // k_f * q_b, k_f)
+    a2t = (A * _LOG2E).transpose(1, 2).unsqueeze(1).contiguous()  # (G, 1, N, E), E contiguous
+    d, x, Bq, Cq = lay.split(delta), lay.split(delta * u), lay.split(B), lay.split(C)
+    h_in = _entry_states(lay, d, x, Bq, a2t)
+    h = d.new_zeros(groups, lay.m, state, channels) if h_in is None else h_in.clone()
+    starts = d.new_empty(batch, k_f, k_b // k_f, state, channels)  # state entering each backward chunk
+    h_rows, h_mat = lay.by_chunk(h), h.view(-1, state, channels)
+    gm = h_mat.shape[0]
+    a = torch.empty_like(h)
+    y = d.new_empty(lay.chunk, groups, lay.m, channels)  # not a workspace: the result may be a view of it
+    # Per-position views made once (unbind) rather than by indexing inside the loop: fewer Python ops.
+    steps = zip(d.unsqueeze(3).unbind(0), Bq.unsqueeze(-1).unbind(0), x.unsqueeze(3).unbind(0),
+                Cq.view(-1, gm, 1, state).unbind(0), y.view(-1, gm, 1, channels).unbind(0))
+    for q, (d_q, b_q, x_q, c_q, y_q) in enumerate(steps):
+        if q % q_b == 0:
+            starts[:, :, q // q_b] = h_rows
+        h.mul_(torch.mul(d_q, a2t, out=a).exp2_()).addcmul_(b_q, x_q)
+        torch.bmm(c_q, h_mat, out=y_q)
+    return lay.merge(y), starts.view(batch, k_b, state, channels)
+
+
+def chunked_scan_backward(u, delta, A, B, C, starts, plan: tuple[int, int, int], gy: torch.Tensor,
+                          with_output: bool = False):
+    """Gradients ``(du, dΔ, dA, dB, dC)`` of :func:`chunked_scan_forward`'s ``y`` for the upstream ``gy``;
+    ``with_output`` appends ``y`` itself, from the states the backward recomputes anyway (one batched
+    matmul per chunk group: cheaper than keeping ``y`` from the forward when memory is what counts)."""
+    q_b, k_b, j = plan
+    batch, length, channels = u.shape
+    groups, state = A.shape[0], A.shape[2]
+    lay = _GroupLayout(batch, length, groups, q_b, k_b, j)
+    at = A.transpose(1, 2).unsqueeze(1).contiguous()
+    a2t = at * _LOG2E
+    ins = [lay.split(t) for t in (delta, delta * u, B, C, gy.to(u.dtype))]
+    outs = [torch.empty_like(t) for t in ins[:4]]  # dΔ (decay part), d(Δu), dB, dC
+    ys = torch.empty_like(ins[0]) if with_output else None
+    acc = ins[0].new_zeros(groups, ins[0].shape[3], state, channels)
+    carry = None
+    for i in reversed(range(lay.n)):  # later chunks first: their adjoint flows into earlier ones
+        h0 = starts[:, i * j : (i + 1) * j].reshape(groups, -1, state, channels)
+        carry = _backward_group([t[i] for t in ins], at, a2t, h0, carry, j, [t[i] for t in outs], acc,
+                                None if ys is None else ys[i])
+    dd, dx, dB, dC = (lay.merge(t) for t in outs)
+    dA = acc.sum(1).transpose(1, 2)
+    grads = (dx * delta, dd + dx * u, dA, dB, dC)
+    return grads if ys is None else (*grads, lay.merge(ys))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """:func:`chunked_scan_forward` with :func:`chunked_scan_backward` as its backward."""
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, q_b: int, k_b: int, j: int):  # type: ignore[override]
-        batch, length, channels = u.shape
-        groups, state = A.shape[0], A.shape[2]
-        k_f = j  # forward chunks side by side: as many as the backward runs, each K/J backward chunks long
-        lay = _Layout(batch, length, groups, k_b // k_f * q_b, k_f)
-        a2t = (A * _LOG2E).transpose(1, 2).unsqueeze(1).contiguous()  # (G, 1, N, E), E contiguous
-        d, x, Bq, Cq = lay.split(delta), lay.split(delta * u), lay.split(B), lay.split(C)
-        h_in = _entry_states(lay, d, x, Bq, a2t)
-        h = d.new_zeros(groups, lay.m, state, channels) if h_in is None else h_in.clone()
-        starts = d.new_empty(batch, k_f, k_b // k_f, state, channels)  # state entering each backward chunk
-        h_rows, h_mat = lay.by_chunk(h), h.view(-1, state, channels)
-        gm = h_mat.shape[0]
-        a = torch.empty_like(h)
-        y = d.new_empty(lay.chunk, groups, lay.m, channels)  # not a workspace: the result may be a view of it
-        # Per-position views made once (unbind) rather than by indexing inside the loop: fewer Python ops.
-        steps = zip(d.unsqueeze(3).unbind(0), Bq.unsqueeze(-1).unbind(0), x.unsqueeze(3).unbind(0),
-                    Cq.view(-1, gm, 1, state).unbind(0), y.view(-1, gm, 1, channels).unbind(0))
-        for q, (d_q, b_q, x_q, c_q, y_q) in enumerate(steps):
-            if q % q_b == 0:
-                starts[:, :, q // q_b] = h_rows
-            h.mul_(torch.mul(d_q, a2t, out=a).exp2_()).addcmul_(b_q, x_q)
-            torch.bmm(c_q, h_mat, out=y_q)
         ctx.plan = (q_b, k_b, j)
-        ctx.save_for_backward(u, delta, A, B, C, starts.view(batch, k_b, state, channels))
-        return lay.merge(y)
+        y, starts = chunked_scan_forward(u, delta, A, B, C, ctx.plan)
+        ctx.save_for_backward(u, delta, A, B, C, starts)
+        return y
 
     @staticmethod
     def backward(ctx: Any, gy: torch.Tensor):  # type: ignore[override]
         u, delta, A, B, C, starts = ctx.saved_tensors
-        q_b, k_b, j = ctx.plan
-        batch, length, channels = u.shape
-        groups, state = A.shape[0], A.shape[2]
-        lay = _GroupLayout(batch, length, groups, q_b, k_b, j)
-        at = A.transpose(1, 2).unsqueeze(1).contiguous()
-        a2t = at * _LOG2E
-        ins = [lay.split(t) for t in (delta, delta * u, B, C, gy.to(u.dtype))]
-        outs = [torch.empty_like(t) for t in ins[:4]]  # dΔ (decay part), d(Δu), dB, dC
-        acc = ins[0].new_zeros(groups, ins[0].shape[3], state, channels)
-        carry = None
-        for i in reversed(range(lay.n)):  # later chunks first: their adjoint flows into earlier ones
-            h0 = starts[:, i * j : (i + 1) * j].reshape(groups, -1, state, channels)
-            carry = _backward_group([t[i] for t in ins], at, a2t, h0, carry, j, [t[i] for t in outs], acc)
-        dd, dx, dB, dC = (lay.merge(t) for t in outs)
-        dA = acc.sum(1).transpose(1, 2)
-        return dx * delta, dd + dx * u, dA, dB, dC, None, None, None
+        return (*chunked_scan_backward(u, delta, A, B, C, starts, ctx.plan, gy), None, None, None)
 
 
 def _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j) -> torch.Tensor:
@@ -303,10 +324,11 @@ def _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j) -> torch.Tensor:
     return g_in.view(groups, m, state, channels)
 
 
-def _backward_group(ins, at, a2t, h0, carry, j, outs, acc) -> torch.Tensor:
-    """One group of J consecutive chunks: recompute its states, run the adjoint backwards through its
-    positions, write ``(dΔ_decay, d(Δu), dB, dC)`` into ``outs``, add Σ Δ ⊙ dLoss/d(ΔA) into ``acc``;
-    returns the adjoint leaving the group's first chunk backwards, ``(G, b, N, E)``."""
+def _backward_group(ins, at, a2t, h0, carry, j, outs, acc, y=None) -> torch.Tensor:
+    """One group of J consecutive chunks: recompute its states (and, given ``y``, write the scan's output
+    ``C·h`` there), run the adjoint backwards through its positions, write ``(dΔ_decay, d(Δu), dB, dC)``
+    into ``outs``, add Σ Δ ⊙ dLoss/d(ΔA) into ``acc``; returns the adjoint leaving the group's first
+    chunk backwards, ``(G, b, N, E)``."""
     d, x, Bq, Cq, gyq = ins
     dd, dx, dB, dC = outs
     q_len, groups, m, channels = d.shape
@@ -319,6 +341,8 @@ def _backward_group(ins, at, a2t, h0, carry, j, outs, acc) -> torch.Tensor:
                                        x.unsqueeze(3).unbind(0), decays.unbind(0), hs.unbind(0)):
         torch.mul(torch.mul(d_q, a2t, out=a_q).exp2_(), prev, out=h_q).addcmul_(b_q, x_q)
         prev = h_q
+    if y is not None:
+        torch.bmm(Cq.reshape(-1, 1, state), hs.view(-1, state, channels), out=y.view(-1, 1, channels))
     g = _group_entry_adjoints(d, Cq, gyq, a2t, decays, carry, j)
     g_mat, g_t = g.view(gm, state, channels), g.view(gm, state, channels).transpose(1, 2)
     w = torch.empty_like(g)
@@ -361,6 +385,11 @@ def _per_group(p: torch.Tensor | None, groups: int, channels: int, name: str) ->
     return p
 
 
+def scan_kernel_applies(impl: str, t: torch.Tensor) -> bool:
+    """Whether :func:`selective_scan` with this ``impl`` dispatches ``t``'s scan to the ``mamba_ssm`` kernel."""
+    return impl == "auto" and t.is_cuda and _mamba_ssm_kernel() is not None
+
+
 def _kernel_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> torch.Tensor:
     """mamba_ssm's ``selective_scan_fn`` (``(B, E, L)`` layout, one ``A`` per call), group by group."""
     groups = A.shape[0]
@@ -375,6 +404,54 @@ def _kernel_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus) ->
             None if delta_bias is None else delta_bias[i].float(), delta_softplus,
         ).transpose(1, 2))
     return torch.cat(outs)
+
+
+@dataclass
+class ScanTerms:
+    """The selective scan's operands in the compute dtype, and the terms around the chunked recurrence:
+    ``y = (scan(u, Δ, A, B, C) + skip) · gate`` (``skip = D u``, ``gate = SiLU(z)``; None when absent)."""
+
+    u: torch.Tensor
+    delta: torch.Tensor  # biased and softplus'ed when asked
+    A: torch.Tensor  # (G, E, N)
+    B: torch.Tensor
+    C: torch.Tensor
+    skip: torch.Tensor | None
+    gate: torch.Tensor | None
+
+    def plain(self) -> tuple[torch.Tensor, ...]:
+        """The tensors autograd may flow through, in a fixed order (absent terms left out)."""
+        return tuple(t for t in (self.u, self.delta, self.A, self.B, self.C, self.skip, self.gate) if t is not None)
+
+    def pre_gate(self, y: torch.Tensor) -> torch.Tensor:
+        """The recurrence's output plus the D skip."""
+        return y if self.skip is None else y + self.skip
+
+    def finish(self, y: torch.Tensor) -> torch.Tensor:
+        """The recurrence's output with the D skip and the SiLU(z) gate applied."""
+        y = self.pre_gate(y)
+        return y if self.gate is None else y * self.gate
+
+
+def scan_terms(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False) -> ScanTerms:
+    """:class:`ScanTerms` of a pure-PyTorch scan, for the arguments of :func:`selective_scan` (``A`` as
+    ``(G, E, N)``, ``D`` and ``delta_bias`` as ``(G, E)``): the part of the scan autograd records."""
+    batch, _, channels = u.shape
+    groups = A.shape[0]
+    dtype = _compute_dtype(u, delta, A, B, C)
+
+    def rows(p: torch.Tensor) -> torch.Tensor:  # (G, E) -> (batch, 1, E), group-major
+        return p.to(dtype).unsqueeze(1).expand(groups, batch // groups, channels).reshape(batch, 1, channels)
+
+    u_c, delta_c = u.to(dtype), delta.to(dtype)
+    if delta_bias is not None:
+        delta_c = delta_c + rows(delta_bias)
+    if delta_softplus:
+        delta_c = softplus(delta_c)
+    return ScanTerms(
+        u_c.contiguous(), delta_c.contiguous(), A.to(dtype), B.to(dtype).contiguous(), C.to(dtype).contiguous(),
+        None if D is None else u_c * rows(D), None if z is None else F.silu(z.to(dtype)),
+    )
 
 
 def selective_scan(
@@ -416,25 +493,9 @@ def selective_scan(
         raise ValueError(f"selective scan block_tokens must be >= 1, got {block_tokens}")
     D = _per_group(D, groups, channels, "D")
     delta_bias = _per_group(delta_bias, groups, channels, "delta_bias")
-    if impl == "auto" and u.is_cuda and (kernel := _mamba_ssm_kernel()) is not None:
-        return _kernel_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    out_dtype = u.dtype
-    dtype = _compute_dtype(u, delta, A, B, C)
-
-    def rows(p: torch.Tensor) -> torch.Tensor:  # (G, E) -> (batch, 1, E), group-major
-        return p.to(dtype).unsqueeze(1).expand(groups, batch // groups, channels).reshape(batch, 1, channels)
-
-    u_c, delta_c = u.to(dtype), delta.to(dtype)
-    if delta_bias is not None:
-        delta_c = delta_c + rows(delta_bias)
-    if delta_softplus:
-        delta_c = softplus(delta_c)
-    y = _ChunkedScan.apply(
-        u_c.contiguous(), delta_c.contiguous(), A.to(dtype), B.to(dtype).contiguous(), C.to(dtype).contiguous(),
-        *plan_chunks(batch, length, channels, state, block_tokens),
-    )
-    if D is not None:
-        y = torch.addcmul(y, u_c, rows(D))
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    return y.to(out_dtype)
+    if scan_kernel_applies(impl, u):
+        return _kernel_scan(_mamba_ssm_kernel(), u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    terms = scan_terms(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    y = _ChunkedScan.apply(terms.u, terms.delta, terms.A, terms.B, terms.C,
+                           *plan_chunks(batch, length, channels, state, block_tokens))
+    return terms.finish(y).to(u.dtype)
