@@ -293,7 +293,7 @@ def _mixer_grads(mixer: BiMambaMixer, h: torch.Tensor, lean: bool) -> list[torch
     mixer.config.lean_backward = "always" if lean else "never"
     leaf = h.detach().requires_grad_()
     y = mixer(leaf)
-    probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    probe = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
     params = list(mixer.parameters())
     return [y.detach(), *torch.autograd.grad((y * probe).sum(), [leaf, *params])]
 
@@ -314,6 +314,20 @@ def test_lean_backward_matches_plain_autograd(bimamba, divide, length, block):
     lean, plain = _mixer_grads(mixer, h, True), _mixer_grads(mixer, h, False)
     for got, ref in zip(lean, plain):
         assert _rel(got, ref) <= 1e-10
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_lean_backward_matches_plain_autograd_on_cuda(autocast):
+    """The pure path on a GPU (scan_impl="torch"), fp32 and under bf16 autocast: lean equals plain autograd."""
+    torch.manual_seed(0)
+    mixer = BiMambaMixer(MambaConfig(dim=64, depth=2, d_state=16, scan_impl="torch")).cuda()
+    h = torch.randn(2, 300, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        lean, plain = _mixer_grads(mixer, h, True), _mixer_grads(mixer, h, False)
+    for got, ref in zip(lean, plain):
+        assert _rel(got.double(), ref.double()) <= (1e-2 if autocast else 1e-5)
 
 
 def test_lean_backward_with_frozen_parameters_and_no_grad():
@@ -469,9 +483,10 @@ def test_masked_tokens_change_outputs_and_bidirectionality():
         assert not torch.allclose(encoder(fbank).patches, encoder(fbank, mask=mask).patches)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("lean", ["never", "always"])
+def test_gradient_checkpointing_gives_the_same_gradients(lean):
     torch.manual_seed(0)
-    encoder = _tiny_encoder(drop_path=0.0)
+    encoder = _tiny_encoder(drop_path=0.0, lean_backward=lean)
     fbank = torch.randn(2, 64, 32)
     probe = torch.randn(32)
     params = [p for name, p in encoder.named_parameters() if name != "mask_embed"]  # unused without a mask

@@ -12,6 +12,7 @@ from pretrain.masking import make_mask
 from pretrain.patches import valid_patches
 
 pytestmark = [
+    pytest.mark.cuda,  # bench/gpu_check.py runs `pytest -m cuda`
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
     pytest.mark.timeout(300),
 ]
