@@ -7,10 +7,10 @@ small warm-up call (the machine is shared: every size runs once).
 
     python bench/bench_mamba.py scan [--lengths 512 2048 8192]
     python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...] [--models mamba mamba-plain mamba-ckpt rwkv7 vit-sdpa vit-naive]
-    flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only]   # issue 16
+    flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only] [--lean-too]   # issue 16
 
-``targets`` measures, in one run: the pretraining step of SSAMBA-tiny (default, and with the lean
-backward forced) vs ViT-tiny (SDPA) with the project's ``Pretrainer`` (batch 4 x 1024 frames, 400 of
+``targets`` measures, in one run: the pretraining step of SSAMBA-tiny (``--lean-too``: also with the
+lean backward forced) vs ViT-tiny (SDPA) with the project's ``Pretrainer`` (batch 4 x 1024 frames, 400 of
 512 patches cluster-masked, one-pass objective, AdamW, fp32, one thread, interleaved rounds; wall and
 CPU seconds, medians and minima), then training memory per token at 8k tokens and forward+backward time
 at 4k and 16k tokens (batch 1, fresh subprocesses, as ``encoder``). The 16k cases need up to ~16 GB
@@ -116,7 +116,7 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
     return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
 
 
-def _step_models() -> dict:
+def _step_models(lean_too: bool = False) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -125,12 +125,13 @@ def _step_models() -> dict:
     from pretrain.train import Pretrainer
 
     ssamba = dict(bimamba="v2", cls_position="start", layer_pairing="sum")
+    configs = [("vit-tiny (SDPA)", make_backbone_config("vit", "tiny", attention="sdpa")),
+               ("mamba-tiny (SSAMBA)", make_backbone_config("mamba", "tiny", **ssamba))]
+    if lean_too:  # "auto" keeps plain autograd at this size; the lean backward's price, side by side
+        configs.append(("mamba-tiny, lean_backward=always",
+                        make_backbone_config("mamba", "tiny", lean_backward="always", **ssamba)))
     models = {}
-    for name, bconf in (("vit-tiny (SDPA)", make_backbone_config("vit", "tiny", attention="sdpa")),
-                        ("mamba-tiny (SSAMBA)", make_backbone_config("mamba", "tiny", **ssamba)),
-                        # "auto" keeps plain autograd at this size; the lean backward's price, side by side:
-                        ("mamba-tiny, lean_backward=always", make_backbone_config("mamba", "tiny",
-                                                                                  lean_backward="always", **ssamba))):
+    for name, bconf in configs:
         torch.manual_seed(0)
         backbone = "vit" if name.startswith("vit") else "mamba"
         model = Pretrainer(Encoder(EncoderConfig(backbone=backbone, backbone_config=vars(bconf), input_frames=1024)))
@@ -138,7 +139,8 @@ def _step_models() -> dict:
     return models
 
 
-def bench_step(repeats: int, batch: int = 4, frames: int = 1024, masked: int = 400) -> list[str]:
+def bench_step(repeats: int, batch: int = 4, frames: int = 1024, masked: int = 400,
+               lean_too: bool = False) -> list[str]:
     """One pretraining step per model per round, the order alternating between rounds; round 0 warms up."""
     import statistics
 
@@ -154,7 +156,7 @@ def bench_step(repeats: int, batch: int = 4, frames: int = 1024, masked: int = 4
     grid = (frames // 16, 8)
     valid = valid_patches(torch.full((batch,), frames), grid, (16, 16), (16, 16))
     mask = make_mask("cluster", valid, grid, masked, generator=torch.Generator().manual_seed(0))
-    models = _step_models()
+    models = _step_models(lean_too)
     wall: dict[str, list[float]] = {k: [] for k in models}
     cpu: dict[str, list[float]] = {k: [] for k in models}
     for r in range(repeats + 1):
@@ -182,9 +184,9 @@ def _load() -> str:
         return f.read().split()[0]
 
 
-def bench_targets(repeats: int, lengths: bool = True) -> None:
+def bench_targets(repeats: int, lengths: bool = True, lean_too: bool = False) -> None:
     load0 = _load()
-    print("\n".join(bench_step(repeats)), flush=True)
+    print("\n".join(bench_step(repeats, lean_too=lean_too)), flush=True)
     if not lengths:
         print(f"load average {load0} at the start, {_load()} at the end; torch threads {THREADS}")
         return
@@ -264,6 +266,8 @@ def main() -> None:
     t = sub.add_parser("targets")
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--step-only", action="store_true", help="only the pretraining step (< 3 GB, no lock needed)")
+    t.add_argument("--lean-too", action="store_true",
+                   help="also time the step with lean_backward='always' (in the same process: it shifts the others)")
     c = sub.add_parser("case")  # internal: one measurement in this process
     c.add_argument("what", choices=["scan", "encoder"])
     c.add_argument("rest", nargs="+")
@@ -271,7 +275,7 @@ def main() -> None:
     if args.cmd == "scan":
         bench_scan(args.lengths, args.channels, args.state)
     elif args.cmd == "targets":
-        bench_targets(args.repeats, lengths=not args.step_only)
+        bench_targets(args.repeats, lengths=not args.step_only, lean_too=args.lean_too)
     elif args.cmd == "encoder":
         bench_encoder(args.forward_tokens, args.train_tokens, args.models)
     elif args.what == "scan":

@@ -363,13 +363,13 @@ def _saved_bytes_per_token(mode: str, length: int) -> float:
 def test_lean_backward_keeps_a_fraction_of_plain_autograds_activations():
     """The lean mixer keeps the in_proj input and output (D + 2E floats per token) and the chunk-entry states
     (2·E·N per chunk of ~50 tokens): ≤ 5 KB per token at E = 384, at every length; plain autograd keeps
-    ~31 KB. "auto" is plain below AUTO_MIN_ELEMENTS numbers per call and lean from there."""
+    ~29 KB. "auto" is plain below AUTO_MIN_ELEMENTS numbers per call and lean from there."""
     dim, inner, state = 192, 384, 16
     bound = 4 * (dim + 2 * inner + 2 * inner * state / 48 + 64)
     for length in (512, 2048):
         lean, plain = _saved_bytes_per_token("always", length), _saved_bytes_per_token("never", length)
         assert lean <= bound, (length, lean, bound)
-        assert plain > 6 * lean, (length, lean, plain)
+        assert plain > 5 * lean, (length, lean, plain)
     assert _saved_bytes_per_token("auto", 2048) == _saved_bytes_per_token("never", 2048)
     long = -(-mamba_lean.AUTO_MIN_ELEMENTS // inner)
     assert _saved_bytes_per_token("auto", long) == _saved_bytes_per_token("always", long)

@@ -94,9 +94,11 @@ class _LeanScanBlock(torch.autograd.Function):
         g_pre = g_gated if gate is None else g_gated * gate
         detached = [t.detach() for t in (terms.u, terms.delta, terms.A, terms.B, terms.C)]
         *grads, y = chunked_scan_backward(*detached, starts, plan, g_pre, with_output=True)
-        y_pre = y if terms.skip is None else y + terms.skip.detach()
-        if terms.skip is not None:
-            grads.append(g_pre)
+        y_pre = y
+        if terms.D is not None:  # y_pre = y + D u: D's rows and u get their shares here
+            y_pre = torch.addcmul(y, detached[0], terms.D.detach())
+            grads[0] = torch.addcmul(grads[0], g_pre, terms.D.detach())
+            grads.append((g_pre * detached[0]).sum(1, keepdim=True))
         if gate is not None:
             grads.append(g_gated * y_pre)
         d_weight = d_bias = None

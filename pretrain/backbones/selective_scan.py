@@ -409,23 +409,24 @@ def _kernel_scan(kernel, u, delta, A, B, C, D, z, delta_bias, delta_softplus) ->
 @dataclass
 class ScanTerms:
     """The selective scan's operands in the compute dtype, and the terms around the chunked recurrence:
-    ``y = (scan(u, Δ, A, B, C) + skip) · gate`` (``skip = D u``, ``gate = SiLU(z)``; None when absent)."""
+    ``y = (scan(u, Δ, A, B, C) + D u) · gate`` (``D`` as ``(batch, 1, E)`` rows, ``gate = SiLU(z)``; None when
+    absent)."""
 
     u: torch.Tensor
     delta: torch.Tensor  # biased and softplus'ed when asked
     A: torch.Tensor  # (G, E, N)
     B: torch.Tensor
     C: torch.Tensor
-    skip: torch.Tensor | None
+    D: torch.Tensor | None
     gate: torch.Tensor | None
 
     def plain(self) -> tuple[torch.Tensor, ...]:
         """The tensors autograd may flow through, in a fixed order (absent terms left out)."""
-        return tuple(t for t in (self.u, self.delta, self.A, self.B, self.C, self.skip, self.gate) if t is not None)
+        return tuple(t for t in (self.u, self.delta, self.A, self.B, self.C, self.D, self.gate) if t is not None)
 
     def pre_gate(self, y: torch.Tensor) -> torch.Tensor:
         """The recurrence's output plus the D skip."""
-        return y if self.skip is None else y + self.skip
+        return y if self.D is None else torch.addcmul(y, self.u, self.D)
 
     def finish(self, y: torch.Tensor) -> torch.Tensor:
         """The recurrence's output with the D skip and the SiLU(z) gate applied."""
@@ -450,7 +451,7 @@ def scan_terms(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplu
         delta_c = softplus(delta_c)
     return ScanTerms(
         u_c.contiguous(), delta_c.contiguous(), A.to(dtype), B.to(dtype).contiguous(), C.to(dtype).contiguous(),
-        None if D is None else u_c * rows(D), None if z is None else F.silu(z.to(dtype)),
+        None if D is None else rows(D), None if z is None else F.silu(z.to(dtype)),
     )
 
 
