@@ -7,6 +7,7 @@ small warm-up call (the machine is shared: every size runs once).
 
     python bench/bench_mamba.py scan [--lengths 512 2048 8192]
     python bench/bench_mamba.py encoder [--forward-tokens 512 2048 ...] [--train-tokens 512 ...] [--models mamba mamba-plain mamba-ckpt rwkv7 vit-sdpa vit-naive]
+    python bench/bench_mamba.py saved [--tokens 8192] [--models vit-sdpa rwkv7 mamba mamba-plain]
     flock /tmp/bigmem.lock python bench/bench_mamba.py targets [--repeats 3] [--step-only] [--lean-too]   # issue 16
 
 ``targets`` measures, in one run: the pretraining step of SSAMBA-tiny (``--lean-too``: also with the
@@ -76,10 +77,10 @@ def run_scan_case(impl: str, length: int, channels: int, state: int) -> dict:
     return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
 
 
-def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
+def _encoder_for(model: str):
+    """The tiny encoder a model name stands for (built with seed 0)."""
     import torch
 
-    torch.set_num_threads(THREADS)
     sys.path.insert(0, str(ROOT))
     from pretrain.encoder import Encoder, EncoderConfig
 
@@ -101,6 +102,14 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
                                                                     attention=attention), input_frames=1024)
     encoder = Encoder(config)
     encoder.set_gradient_checkpointing(model.endswith("-ckpt"))
+    return encoder
+
+
+def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    encoder = _encoder_for(model)
     encoder.train(train)
     fbank = torch.randn(1, 2 * tokens, 128)  # 128 mel / 16 = 8 rows: tokens = frames / 16 * 8
     with torch.no_grad():
@@ -114,6 +123,31 @@ def run_encoder_case(model: str, tokens: int, train: bool) -> dict:
             encoder(fbank)
     elapsed = time.perf_counter() - t0
     return {"seconds": elapsed, "peak_mb": _peak_mb() - base}
+
+
+def bench_saved(tokens: int, models: list[str]) -> None:
+    """Activations autograd keeps for one training forward (saved tensors, each storage counted once,
+    parameters excluded): the allocator-independent part of training memory."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    print(f"| saved for backward, batch 1 x {tokens} tokens | MB | KB per token | x {models[0]} |\n|---|---|---|---|")
+    first = None
+    for model in models:
+        encoder = _encoder_for(model).train()
+        params = {p.untyped_storage().data_ptr() for p in encoder.parameters()}
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, params=params, storages=storages) -> torch.Tensor:
+            if (ptr := t.untyped_storage().data_ptr()) not in params:
+                storages[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            encoder(torch.randn(1, 2 * tokens, 128))
+        total = sum(storages.values())
+        first = first or total
+        print(f"| {model} | {total / 2**20:.0f} | {total / 1024 / tokens:.0f} | {total / first:.2f} |", flush=True)
 
 
 def _step_models(lean_too: bool = False) -> dict:
@@ -268,6 +302,9 @@ def main() -> None:
     t.add_argument("--step-only", action="store_true", help="only the pretraining step (< 3 GB, no lock needed)")
     t.add_argument("--lean-too", action="store_true",
                    help="also time the step with lean_backward='always' (in the same process: it shifts the others)")
+    v = sub.add_parser("saved", help="activations kept for backward per token (allocator-independent)")
+    v.add_argument("--tokens", type=int, default=8192)
+    v.add_argument("--models", nargs="+", default=["vit-sdpa", "rwkv7", "mamba", "mamba-plain"])
     c = sub.add_parser("case")  # internal: one measurement in this process
     c.add_argument("what", choices=["scan", "encoder"])
     c.add_argument("rest", nargs="+")
@@ -278,6 +315,8 @@ def main() -> None:
         bench_targets(args.repeats, lengths=not args.step_only, lean_too=args.lean_too)
     elif args.cmd == "encoder":
         bench_encoder(args.forward_tokens, args.train_tokens, args.models)
+    elif args.cmd == "saved":
+        bench_saved(args.tokens, args.models)
     elif args.what == "scan":
         impl, length, channels, state = args.rest
         print(json.dumps(run_scan_case(impl, int(length), int(channels), int(state))))
