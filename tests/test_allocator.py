@@ -1,0 +1,82 @@
+"""core/allocator.py: the training entry points re-run themselves once with a tuned allocator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core import allocator
+from tests.conftest import REPO, run_cli
+
+_SCRIPT = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from core.allocator import rerun_with_tuned_allocator
+print("run", os.getpid(), os.environ.get("SSL_AUDIO_ALLOCATOR_APPLIED"), flush=True)
+rerun_with_tuned_allocator()
+print("kept", os.getpid(), os.environ.get("GLIBC_TUNABLES"), os.environ.get("LD_PRELOAD"), flush=True)
+"""
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", allocator.CHOICE_ENV, allocator.APPLIED_ENV)}
+    return env | extra
+
+
+def test_choices_and_when_nothing_changes(monkeypatch):
+    assert allocator.tuned_environment(_clean_env(SSL_AUDIO_ALLOCATOR="system")) is None
+    assert allocator.tuned_environment(_clean_env(SSL_AUDIO_ALLOCATOR_APPLIED="1")) is None
+    assert allocator.tuned_environment(_clean_env(LD_PRELOAD="/opt/libjemalloc.so.2")) is None
+    with pytest.raises(ValueError, match="SSL_AUDIO_ALLOCATOR='fast'"):
+        allocator.tuned_environment(_clean_env(SSL_AUDIO_ALLOCATOR="fast"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_a_found_library_is_preloaded_before_the_users_preloads(tmp_path):
+    lib = tmp_path / "lib" / "libtcmalloc_minimal.so.4"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    env, change = allocator.tuned_environment(_clean_env(CONDA_PREFIX=str(tmp_path), LD_PRELOAD="/opt/libx.so"))
+    assert env["LD_PRELOAD"] == f"{lib}:/opt/libx.so" and env[allocator.APPLIED_ENV] == "1"
+    assert str(lib) in change and "GLIBC_TUNABLES" not in env
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_without_a_library_glibc_runs_with_its_tcache_off(monkeypatch):
+    monkeypatch.setattr(allocator, "PRELOAD_LIBRARIES", ("libnot-an-allocator.so.9",))
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    env, _ = allocator.tuned_environment(_clean_env(GLIBC_TUNABLES="glibc.malloc.arena_max=2"))
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
+    assert allocator.tuned_environment(_clean_env(GLIBC_TUNABLES=allocator.TCACHE_OFF)) is None
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_the_process_reruns_itself_once_with_the_same_pid(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(_SCRIPT.format(repo=str(REPO)))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_clean_env(), check=True)
+    lines = out.stdout.split("\n")
+    first, second, kept = lines[0].split(), lines[1].split(), lines[2].split()
+    assert first[0] == second[0] == "run" and first[1] == second[1] == kept[1]  # execve keeps the pid
+    assert first[2] == "None" and second[2] == "1"  # re-run exactly once
+    assert "tcache_count=0" in kept[2] or "malloc" in kept[3]
+    assert out.stderr.count("note: training with a tuned memory allocator") == 1
+    system = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
+                            env=_clean_env(SSL_AUDIO_ALLOCATOR="system"))
+    assert system.stdout.split("\n")[1].startswith("kept") and "note:" not in system.stderr
+
+
+def test_only_training_commands_rerun():
+    env = _clean_env()
+    assert "note: training with a tuned" in run_cli("pretrain", "train", "--help", env=env).stderr
+    assert "note:" not in run_cli("pretrain", "stats", "--help", env=env).stderr
+    bad = run_cli("finetune", "train", "--help", env=env | {"SSL_AUDIO_ALLOCATOR": "fast"}, check=False)
+    assert bad.returncode == 2 and "error: SSL_AUDIO_ALLOCATOR='fast'" in bad.stderr
