@@ -46,15 +46,16 @@ def test_a_found_library_is_preloaded_before_the_users_preloads(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
-def test_without_a_library_glibc_runs_with_its_tcache_off(monkeypatch):
+def test_without_a_library_glibc_runs_tuned(monkeypatch):
     monkeypatch.setattr(allocator, "PRELOAD_LIBRARIES", ("libnot-an-allocator.so.9",))
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    env, _ = allocator.tuned_environment(_clean_env(GLIBC_TUNABLES="glibc.malloc.arena_max=2"))
-    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=0"
-    assert allocator.tuned_environment(_clean_env(GLIBC_TUNABLES=allocator.TCACHE_OFF)) is None
+    env, _ = allocator.tuned_environment(_clean_env(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=512"))
+    assert env["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=512:" + allocator.GLIBC_SETTINGS
+    assert "glibc.malloc.tcache_count=0" in allocator.GLIBC_SETTINGS
+    assert allocator.tuned_environment(_clean_env(GLIBC_TUNABLES="glibc.malloc.arena_max=2")) is None
 
 
 @pytest.mark.timeout(60)

@@ -16,10 +16,10 @@ history), and its backward:
 
 Results equal plain autograd's (``tests/test_mamba.py`` checks values and gradients in fp64).
 
-The price is the recompute: ~20% more time per mixer at SSAMBA-tiny's batch 4 x 513 tokens (bench/RESULTS.md).
+The price is the recompute: ~20% more time per mixer, 10-15% per SSAMBA-tiny step (bench/RESULTS.md).
 So ``lean_backward="auto"`` (the default) takes this path only for calls of at least
 :data:`AUTO_MIN_ELEMENTS` ``batch · length · E`` numbers, where plain autograd would keep over ~120 MB for the
-one mixer; there the lean path is also faster in a cold process (fewer fresh pages to fault in).
+one mixer (~2.9 GB over SSAMBA-tiny's 24 layers): there memory is what runs out first.
 """
 
 from __future__ import annotations
