@@ -335,49 +335,24 @@ def _pack_block(src, dirs: int, c: int, calc: torch.dtype, s0: int, s1: int):
     return tuple(_pack(parts, dirs, c, calc, s0, s1) for parts in ([r, a], [log_w], [k, b], [v]))
 
 
-def _time_slice(t: torch.Tensor, start: int, span: int, chunked: bool, c: int) -> torch.Tensor:
-    """``t[:, start:start + span]`` of a ``(B, T, H, F)`` tensor, as ``(B, span / c, c, H, F)`` when ``chunked``."""
-    t = t[:, start : start + span]
-    return t.unflatten(1, (span // c, c)) if chunked else t
-
-
-def _unpacked(x: torch.Tensor, d: int, t0: int, t1: int, c: int):
-    """Direction ``d``'s packed chunks ``x`` ``(chunks, B, H, C, N)`` as strided views in forward time
-    order: ``(view, start, span, chunked)`` for the whole chunks (``(B, k, C, H, N)``) and the partial last
-    one (``(B, rem, H, N)``). Direction 1 ran over reversed time: its whole chunks cover ``[t1 - k C, t1)``
-    and its partial chunk ``[t0, t0 + rem)``; reversing them is the only copy made here."""
-    full, rem = divmod(t1 - t0, c)
-    parts = []
-    if full:
-        whole = x[:full].flip(0, 3) if d else x[:full]
-        parts.append((whole.permute(1, 0, 3, 2, 4), t0 if d == 0 else t1 - full * c, full * c, True))
-    if rem:
-        last = x[full, :, :, :rem]
-        parts.append(((last.flip(2) if d else last).transpose(1, 2), t0 + full * c if d == 0 else t0, rem, False))
-    return parts
-
-
 def _add_block(dests, packed: torch.Tensor, dirs: int, c: int, s0: int, scales=None, diff=False) -> None:
     """Add packed chunks starting at ``s0`` into ``dests[p]`` ``(B, T, H, N)`` (inverse of ``_pack``),
     summing the directions; ``scales[d]`` ``(B, H, T, 1 or N)`` multiplies direction ``d``. ``diff``: add
     direction 0 minus direction 1, summed over N (``dests`` then ``(B, T, H, 1)``), for the gate's
-    gradient. Adds strided views in place (no unpacked copy); autograd can follow it (impl="autograd")."""
+    gradient. Writes into slices of the base tensors, which autograd can follow (impl="autograd")."""
     bsz, length, heads = dests[0].shape[:3]
     nch, z, pc, n = packed.shape
     packed = packed.view(nch, dirs, bsz, heads, len(dests), c, n)
     for d in range(dirs):
         t0, t1 = _dir_times(length, c, s0, d, nch)
-        scale = None if scales is None else scales[d].transpose(1, 2)  # (B, T, H, 1 or N)
         for p, dest in enumerate(dests):
-            for x, start, span, chunked in _unpacked(packed[:, d, :, :, p], d, t0, t1, c):
-                target = _time_slice(dest, start, span, chunked, c)
-                w = None if scale is None else _time_slice(scale, start, span, chunked, c)
-                if diff:
-                    target.add_((x if w is None else x * w).sum(-1, keepdim=True), alpha=1 - 2 * d)
-                elif w is None:
-                    target.add_(x)
-                else:
-                    target.addcmul_(x, w)
+            x = packed[:, d, :, :, p].permute(1, 2, 0, 3, 4).reshape(bsz, heads, nch * c, n)[:, :, : t1 - t0]
+            x = x.flip(2) if d == 1 else x
+            if scales is not None:
+                x = x * scales[d][:, :, t0:t1]
+            if diff:
+                x = x.sum(-1, keepdim=True) * (1 - 2 * d)
+            dest[:, t0:t1] += x.transpose(1, 2)
 
 
 def _run_forward(r, log_w, k, v, a, b, gate, dirs: int, c: int):
