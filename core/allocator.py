@@ -78,9 +78,9 @@ def tuned_environment(env: Mapping[str, str]) -> tuple[dict[str, str], str] | No
     return new, f"GLIBC_TUNABLES={new['GLIBC_TUNABLES']}"
 
 
-def rerun_with_tuned_allocator(argv: list[str] | None = None) -> None:
-    """Replace this process with itself under :func:`tuned_environment`'s allocator (returns only when
-    nothing changes). ``argv``: the interpreter's command line (default ``sys.orig_argv``)."""
+def rerun_with_tuned_allocator() -> None:
+    """Replace this process with itself (``sys.orig_argv``) under :func:`tuned_environment`'s allocator;
+    returns only when nothing changes."""
     try:
         tuned = tuned_environment(os.environ)
     except ValueError as err:
@@ -89,7 +89,6 @@ def rerun_with_tuned_allocator(argv: list[str] | None = None) -> None:
     if tuned is None:
         return
     env, change = tuned
-    args = list(sys.orig_argv if argv is None else argv)
     print(f"note: training with a tuned memory allocator ({change}); {CHOICE_ENV}=system keeps the default",
           file=sys.stderr, flush=True)
-    os.execve(sys.executable, [sys.executable, *args[1:]], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

@@ -94,9 +94,8 @@ class _LeanScanBlock(torch.autograd.Function):
         g_pre = g_gated if gate is None else g_gated * gate
         detached = [t.detach() for t in (terms.u, terms.delta, terms.A, terms.B, terms.C)]
         *grads, y = chunked_scan_backward(*detached, starts, plan, g_pre, with_output=True)
-        y_pre = y
+        y_pre = terms.pre_gate(y)  # backward runs without grad: no graph is built here
         if terms.D is not None:  # y_pre = y + D u: D's rows and u get their shares here
-            y_pre = torch.addcmul(y, detached[0], terms.D.detach())
             grads[0] = torch.addcmul(grads[0], g_pre, terms.D.detach())
             grads.append((g_pre * detached[0]).sum(1, keepdim=True))
         if gate is not None:
@@ -108,8 +107,7 @@ class _LeanScanBlock(torch.autograd.Function):
                 d_weight = g_out.flatten(0, -2).transpose(0, 1) @ merged.to(xz.dtype).flatten(0, -2)
         if bias is not None and needs[2]:
             d_bias = g_out.flatten(0, -2).sum(0)
-        inputs = [leaf if need else None for need in needs[:1]] + [p for p, need in zip(params, needs[3:]) if need]
-        inputs = [t for t in inputs if t is not None]
+        inputs = ([leaf] if needs[0] else []) + [p for p, need in zip(params, needs[3:]) if need]
         found = iter(torch.autograd.grad(terms.plain(), inputs, grads, allow_unused=True) if inputs else ())
         d_xz = next(found) if needs[0] else None
         return (None, None, d_xz, d_weight, d_bias, *(next(found) if need else None for need in needs[3:]))
