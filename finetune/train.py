@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import gather_object
 
+from core.accel import end_training
 from core.jsonio import write_json_atomic
 from core.progress import Progress
 from core.schedule import warmup_cosine_lr
@@ -177,7 +178,8 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                                extra={"finetuned_from": recipe.model.encoder, "selected": selected,
                                       "display_names": (s.data.train.index or {}).get("display_names")})
         write_json_atomic(s.run_dir / "metrics.json", result)
-    s.acc.end_training()
+    del s.model  # the DDP wrapper must be gone before the process group (core.accel.end_training)
+    end_training(s.acc)
     return result
 
 

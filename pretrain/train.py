@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 
+from core.accel import end_training
 from core.files import honour_umask
 from core.jsonio import write_json_atomic
 from core.progress import Progress
@@ -251,5 +252,6 @@ def _finish(s: Session, tally: Tally, probe: OnlineProbe) -> Path:
                    "history": tally.history, "probe": probe.history}
         write_json_atomic(s.run_dir / "metrics.json", metrics)
         print(f"pretrain: done, {state.step} steps; encoder exported to {export}", file=sys.stderr)
-    acc.end_training()
+    del s.model  # the DDP wrapper must be gone before the process group (core.accel.end_training)
+    end_training(acc)
     return export
