@@ -9,13 +9,12 @@ glibc's malloc, as configured by default, costs CPU training memory and time (be
 
 So ``python -m pretrain train`` and ``python -m finetune train`` re-run themselves once, at start-up, with
 tcmalloc or jemalloc preloaded when the system has one (``apt install libtcmalloc-minimal4``), as
-PyTorch's own ``torch.backends.xeon.run_cpu`` launcher does (``SSL_AUDIO_ALLOCATOR=auto``, the default).
-
-``SSL_AUDIO_ALLOCATOR=glibc-tuned`` instead keeps glibc with :data:`GLIBC_SETTINGS` (no tcache, no mmap,
-a 256 MB trim threshold; glibc reads them only when a process starts, hence the re-run): nearly
-tcmalloc's numbers without installing anything, but opt-in, because in 2 of ~30 runs of the two-rank
-CPU test under it a rank died with SIGABRT (not reproduced since; cause unknown). ``system`` keeps the
-process as started, as does an ``LD_PRELOAD`` that already names an allocator.
+PyTorch's own ``torch.backends.xeon.run_cpu`` launcher does, and otherwise with glibc tuned by
+:data:`GLIBC_SETTINGS` (no tcache, no mmap, a 256 MB trim threshold; glibc reads them only when a process
+starts, hence the re-run), which comes close to tcmalloc without installing anything
+(``SSL_AUDIO_ALLOCATOR=auto``, the default). ``glibc-tuned`` uses the tuned glibc even where tcmalloc is
+installed; ``system`` keeps the process as started, as does an ``LD_PRELOAD`` that already names an
+allocator or a ``GLIBC_TUNABLES`` that already sets malloc tunables.
 
 The re-run keeps the process id and the command line (accelerate's launcher keeps track of it). Only the
 command-line entry points do this; importing the packages never does. Torch-free.
@@ -66,9 +65,7 @@ def tuned_environment(env: Mapping[str, str]) -> tuple[dict[str, str], str] | No
         return None
     new = dict(env)
     new[APPLIED_ENV] = "1"
-    if choice == "auto":
-        if (library := find_preload_library(env)) is None:
-            return None
+    if choice == "auto" and (library := find_preload_library(env)) is not None:
         new["LD_PRELOAD"] = f"{library}:{preload}" if preload else str(library)
         return new, f"LD_PRELOAD={library}"
     tunables = env.get("GLIBC_TUNABLES", "")

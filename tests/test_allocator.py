@@ -46,19 +46,33 @@ def test_a_found_library_is_preloaded_before_the_users_preloads(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
-def test_without_a_library_auto_keeps_glibc_and_glibc_tuned_is_opt_in(monkeypatch):
-    monkeypatch.setattr(allocator, "PRELOAD_LIBRARIES", ("libnot-an-allocator.so.9",))
-    assert allocator.tuned_environment(_clean_env()) is None
+def test_without_a_library_auto_tunes_glibc(monkeypatch):
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    tuned = _clean_env(SSL_AUDIO_ALLOCATOR="glibc-tuned", GLIBC_TUNABLES="glibc.rtld.optional_static_tls=512")
-    env, _ = allocator.tuned_environment(tuned)
-    assert env["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=512:" + allocator.GLIBC_SETTINGS
-    assert "glibc.malloc.tcache_count=0" in allocator.GLIBC_SETTINGS and "LD_PRELOAD" not in env
-    mine = _clean_env(SSL_AUDIO_ALLOCATOR="glibc-tuned", GLIBC_TUNABLES="glibc.malloc.arena_max=2")
+    monkeypatch.setattr(allocator, "PRELOAD_LIBRARIES", ("libnot-an-allocator.so.9",))
+    for choice in ("auto", "glibc-tuned"):
+        tuned = _clean_env(SSL_AUDIO_ALLOCATOR=choice, GLIBC_TUNABLES="glibc.rtld.optional_static_tls=512")
+        env, change = allocator.tuned_environment(tuned)
+        assert env["GLIBC_TUNABLES"] == "glibc.rtld.optional_static_tls=512:" + allocator.GLIBC_SETTINGS
+        assert "LD_PRELOAD" not in env and "GLIBC_TUNABLES=" in change
+    assert "glibc.malloc.tcache_count=0" in allocator.GLIBC_SETTINGS
+    mine = _clean_env(GLIBC_TUNABLES="glibc.malloc.arena_max=2")  # the user's own malloc tunables win
     assert allocator.tuned_environment(mine) is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux only")
+def test_glibc_tuned_is_used_even_where_tcmalloc_is_installed(tmp_path):
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    lib = tmp_path / "lib" / "libtcmalloc_minimal.so.4"
+    lib.parent.mkdir()
+    lib.write_bytes(b"")
+    env, _ = allocator.tuned_environment(_clean_env(CONDA_PREFIX=str(tmp_path), SSL_AUDIO_ALLOCATOR="glibc-tuned"))
+    assert env["GLIBC_TUNABLES"] == allocator.GLIBC_SETTINGS and "LD_PRELOAD" not in env
 
 
 @pytest.mark.timeout(60)
@@ -66,7 +80,7 @@ def test_without_a_library_auto_keeps_glibc_and_glibc_tuned_is_opt_in(monkeypatc
 def test_the_process_reruns_itself_once_with_the_same_pid(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(_SCRIPT.format(repo=str(REPO)))
-    # glibc-tuned re-runs on any glibc machine ("auto" only where tcmalloc/jemalloc is installed)
+    # glibc-tuned re-runs the same way on any glibc machine, with or without tcmalloc
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True,
                          env=_clean_env(SSL_AUDIO_ALLOCATOR="glibc-tuned"))
     lines = out.stdout.split("\n")
