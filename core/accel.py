@@ -6,7 +6,7 @@ import gc
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import ProjectConfiguration
 
 
@@ -25,13 +25,26 @@ def make_accelerator(mixed_precision: str, run_dir: Path) -> Accelerator:
     )
 
 
-def end_training(acc: Accelerator) -> None:
-    """Destroy the process group once no prepared (DDP-wrapped) model is left alive.
+def release_prepared(acc: Accelerator) -> None:
+    """Drop accelerate's references to the models and optimizers it prepared, and collect them.
 
-    Callers drop their own references to the prepared model first; this drops accelerate's and collects
-    them. A DDP wrapper that outlives the gloo process group is destroyed during interpreter shutdown,
-    where it aborts the process ("terminate called without an active exception", SIGABRT) in about
-    5-15% of two-rank CPU runs, after all the work is done (bench/RESULTS.md, "Two-rank exit abort")."""
+    Callers drop their own references to the prepared model first. A DDP wrapper must be gone before the
+    process group is destroyed: one left to interpreter shutdown aborts the process ("terminate called
+    without an active exception", SIGABRT) in about 5-15% of two-rank CPU runs, after all the work is
+    done (bench/RESULTS.md, "Two-rank exit abort")."""
     acc.free_memory()
     gc.collect()
+
+
+def end_training(acc: Accelerator) -> None:
+    """The end of a process's only training run: :func:`release_prepared`, then destroy the process group."""
+    release_prepared(acc)
     acc.end_training()
+
+
+def end_process_group() -> None:
+    """Destroy the process group (if any) once every training run of this process is done: a process that
+    trains several times (k-fold cross-validation, ``finetune compare``) keeps one group throughout, since
+    accelerate does not create a second one."""
+    gc.collect()
+    PartialState().destroy_process_group()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from accelerate import PartialState
+
+from core.accel import end_process_group
 from core.jsonio import write_json_atomic
 
 from .config import load_finetune_recipe
@@ -19,6 +22,20 @@ from .train import finetune
 
 def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
     """Linear probe and full fine-tuning, pretrained vs random init; prints a table, writes compare.json."""
+    try:
+        rows = _runs(recipe_path, encoder, overrides)
+    finally:
+        end_process_group()
+    base = load_finetune_recipe(recipe_path, overrides)
+    if PartialState().is_main_process:
+        _report(rows, base.train.seed, encoder)
+        out = Path(base.run.output_dir) / f"{base.run.name}_compare.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, {f"{m}/{i}": v for (m, i), v in rows.items()})
+    return rows
+
+
+def _runs(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
     rows = {}
     base = load_finetune_recipe(recipe_path, overrides)
     c = base.compare
@@ -34,14 +51,14 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
             split = "test" if "test" in res else "valid"
             rows[(mode, init)] = {k: res[split][k] for k in ("accuracy", "macro_f1", "top5") if k in res[split]} | {
                 "split": split, "seconds": round(res["seconds"], 1)}
-    print(f"\n  seed {base.train.seed} (random init, data order, augmentation); encoder: {encoder}")
+    return rows
+
+
+def _report(rows: dict, seed: int, encoder: str) -> None:
+    print(f"\n  seed {seed} (random init, data order, augmentation); encoder: {encoder}")
     print("  mode          init         accuracy  macro-F1   (split)")
     for (mode, init), m in rows.items():
         print(f"  {mode:<13} {init:<11} {m.get('accuracy', float('nan')):8.3f}  {m.get('macro_f1', float('nan')):8.3f}   ({m['split']})")
     for mode in ("linear_probe", "full"):
         gain = rows[(mode, "pretrained")]["accuracy"] - rows[(mode, "random")]["accuracy"]
         print(f"  {mode}: pretraining gain {100 * gain:+.1f} accuracy points")
-    out = Path(base.run.output_dir) / f"{base.run.name}_compare.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, {f"{m}/{i}": v for (m, i), v in rows.items()})
-    return rows

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from accelerate.utils import gather_object
 
-from core.accel import end_training
+from core.accel import end_process_group, release_prepared
 from core.jsonio import write_json_atomic
 from core.progress import Progress
 from core.schedule import warmup_cosine_lr
@@ -178,8 +179,8 @@ def finetune(recipe: FinetuneRecipe, run_dir: Path | None = None, fold: int | No
                                extra={"finetuned_from": recipe.model.encoder, "selected": selected,
                                       "display_names": (s.data.train.index or {}).get("display_names")})
         write_json_atomic(s.run_dir / "metrics.json", result)
-    del s.model  # the DDP wrapper must be gone before the process group (core.accel.end_training)
-    end_training(s.acc)
+    del s.model  # the DDP wrapper must be gone before the process group (core.accel.release_prepared)
+    release_prepared(s.acc)  # the group itself ends with the process's last run (finetune_all, compare)
     return result
 
 
@@ -249,8 +250,13 @@ class Selection:
 
 def finetune_all(recipe: FinetuneRecipe) -> dict[str, Any]:
     """One run, or k-fold cross-validation over ``data.folds`` (mean and per-fold results)."""
-    if not recipe.data.folds:
-        return finetune(recipe)
+    try:
+        return _cross_validate(recipe) if recipe.data.folds else finetune(recipe)
+    finally:
+        end_process_group()
+
+
+def _cross_validate(recipe: FinetuneRecipe) -> dict[str, Any]:
     per_fold = {}
     for f in recipe.data.folds:
         per_fold[f] = finetune(recipe, recipe.run_dir / f"fold-{f}", fold=f)
@@ -258,6 +264,7 @@ def finetune_all(recipe: FinetuneRecipe) -> dict[str, Any]:
     mains = [r[key]["main"] for r in per_fold.values()]
     summary = {"folds": {str(f): {k: v for k, v in r[key].items() if k != "per_class"} for f, r in per_fold.items()},
                "mean_main": float(np.mean(mains)), "std_main": float(np.std(mains))}
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(recipe.run_dir / "metrics.json", summary)
+    if PartialState().is_main_process:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(recipe.run_dir / "metrics.json", summary)
     return summary
