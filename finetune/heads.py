@@ -44,6 +44,12 @@ class Classifier(nn.Module):
                 else nn.LayerNorm(encoder.dim))
         self.head = nn.Sequential(norm, nn.Dropout(dropout), nn.Linear(encoder.dim, len(labels)))
         self.linear_probe = linear_probe
+        # Pretraining's mask tokens never get a gradient here, and DDP (2+ ranks) stops at the second step
+        # when a trainable parameter got none ("did not receive grad for rank 0: 0").
+        frozen = encoder.pretraining_only()
+        for name, p in encoder.named_parameters():
+            if name in frozen:
+                p.requires_grad_(False)
         if linear_probe:
             encoder.requires_grad_(False)
             encoder.eval()

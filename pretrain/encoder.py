@@ -196,6 +196,11 @@ class Encoder(nn.Module):
             names.add("mask_embed")
         return names
 
+    def pretraining_only(self) -> set[str]:
+        """Names of the parameters only masked pretraining uses (the mask embedding, a backbone's mask tokens)."""
+        names = {"backbone." + n for n in self.backbone.pretraining_only()}
+        return names | ({"mask_embed"} if hasattr(self, "mask_embed") else set())
+
     # ----- export -----
     def save_pretrained(self, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` atomically (temporary directory, then rename)."""

@@ -89,6 +89,11 @@ class Backbone(nn.Module):
         """Parameter names (relative to the backbone) exempt from weight decay."""
         return set()
 
+    def pretraining_only(self) -> set[str]:
+        """Parameter names (relative to the backbone) used only by masked pretraining (mask tokens), frozen
+        for fine-tuning: they get no gradient there, which DDP on 2+ ranks does not accept."""
+        return set()
+
     def forward(
         self,
         x: torch.Tensor,

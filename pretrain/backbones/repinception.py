@@ -413,6 +413,9 @@ class RepInceptionNeXt(Backbone):
         # Mask tokens, norm parameters and biases (all the 1-D parameters).
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or "mask_token" in n}
 
+    def pretraining_only(self) -> set[str]:
+        return {"decoder.mask_token16", "decoder.mask_token32"}
+
     def reparameterize(self) -> None:
         """Fuse every multi-branch cascade into one depthwise conv (see the module docstring).
 

@@ -164,6 +164,12 @@ class TimeMix(nn.Module):
         self.v0 = nn.Parameter((0.73 - 0.4 * lin).view(1, 1, c))
         self.v1 = nn.Parameter(torch.zeros(c, d_v))
         self.v2 = nn.Parameter(_orthogonal(d_v, c, 0.1))
+        if layer == 0:
+            # Layer 0 sets v_first = v and never uses its value-residual LoRA (kept, as in RWKV-7, for
+            # parameter and checkpoint parity): frozen, so that DDP on 2+ ranks, which stops when a trainable
+            # parameter gets no gradient, accepts the model.
+            for p in (self.v0, self.v1, self.v2):
+                p.requires_grad_(False)
         self.g1 = nn.Parameter(torch.zeros(c, d_g))
         self.g2 = nn.Parameter(_orthogonal(d_g, c, 0.1))
         self.k_k = nn.Parameter((0.71 - 0.1 * lin).view(1, 1, c))
