@@ -616,3 +616,54 @@ def test_embed_refuses_a_window_shorter_than_a_patch(export, wavs, work, capsys)
     err = cli_error(["embed", "--model", str(export), "--out", str(work / "emb8"), "--target-frames", "8",
                      str(wavs["short"])], capsys)
     assert "window of 8 frames is shorter than one patch" in err
+
+
+def _two_cpu_ranks(*args: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with 2 CPU processes of ``python -m finetune ARGS``."""
+    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "finetune", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.timeout(300)
+def test_kfold_on_two_cpu_ranks(fold_shards, export, work):
+    """Cross-validation with 2 CPU processes: every fold trains and is tested on both ranks (the process group
+    outlives each fold's run; it used to be destroyed after the first fold)."""
+    shard_dir, counts = fold_shards
+    sets = tiny_settings(shard_dir, work / "runs", "kfold_ddp", **{"model.encoder": str(export), "data.train": str(shard_dir),
+                                                                 "data.valid": None, "data.test": None, "data.folds": [1, 2],
+                                                                 "train.steps_per_epoch": 1})
+    _two_cpu_ranks("train", "--recipe", str(DEMO), *[a for s in sets for a in ("--set", s)])
+    summary = json.loads((work / "runs" / "kfold_ddp" / "metrics.json").read_text())
+    assert set(summary["folds"]) == {"1", "2"}
+    for f in (1, 2):
+        assert summary["folds"][str(f)]["num_samples"] == counts[f], "each fold is tested on all its clips, across ranks"
+
+
+@pytest.mark.timeout(300)
+def test_compare_on_two_cpu_ranks(shards, export, work):
+    """`finetune compare` (four runs in one process) with 2 CPU processes: one table, one compare.json."""
+    sets = tiny_settings(shards, work / "runs", "cmp_ddp")
+    proc = _two_cpu_ranks("compare", "--recipe", str(DEMO), "--encoder", str(export), *[a for s in sets for a in ("--set", s)])
+    assert proc.stdout.count("pretraining gain") == 2, proc.stdout  # printed by the main process only
+    saved = json.loads((work / "runs" / "cmp_ddp_compare.json").read_text())
+    assert set(saved) == {"linear_probe/pretrained", "linear_probe/random", "full/pretrained", "full/random"}
+
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backbone", ["vit", "mamba", "rwkv7", "repinception"])
+def test_full_finetuning_on_two_cpu_ranks(backbone, shards, work):
+    """Full fine-tuning with 2 CPU processes, every backbone: each trainable parameter gets a gradient
+    (DDP stops at the second step otherwise; pretraining's mask token used to be one that got none)."""
+    from .test_backbones_pipeline import TINY_BACKBONES
+
+    export = work / f"ddp_{backbone}_export"
+    torch.manual_seed(0)
+    Encoder(EncoderConfig(backbone=backbone, backbone_config=dict(TINY_BACKBONES[backbone]), input_frames=128)).save_pretrained(export)
+    sets = tiny_settings(shards, work / "runs", f"full_ddp_{backbone}", **{"model.encoder": str(export), "model.mode": "full"})
+    _two_cpu_ranks("train", "--recipe", str(DEMO), *[a for s in sets for a in ("--set", s)])
+    assert json.loads((work / "runs" / f"full_ddp_{backbone}" / "metrics.json").read_text())["test"]["num_samples"] == 7

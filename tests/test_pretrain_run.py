@@ -120,6 +120,25 @@ def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
     assert metrics["corrupt_samples"] > 0
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backbone", ["mamba", "rwkv7", "repinception"])
+def test_every_backbone_pretrains_on_two_cpu_ranks(backbone, tiny_shards, tmp_path):
+    """DDP stops at the second step when a trainable parameter got no gradient (RWKV-7's layer 0 has an
+    unused value-residual LoRA): every backbone trains 3 steps on 2 ranks and ends with equal weights."""
+    from .test_backbones_pipeline import TINY_BACKBONES
+
+    sets = [f"model.backbone={backbone}", "model.preset=''", f"model.backbone_config={json.dumps(TINY_BACKBONES[backbone])}",
+            "train.max_steps=3", "data.samples_per_epoch=16"]
+    args = tiny_args(tiny_shards, tmp_path, "ddp", *sets)
+    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c0, c1 = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["rank_param_checksums"]
+    assert c0 == c1
+
+
 @pytest.mark.timeout(600)
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
     """Weights, metrics.json history and corrupt list, keys files and TensorBoard scalars all equal an
