@@ -364,10 +364,11 @@ def test_layer_decay_groups_follow_decay_power_of_depth(export):
     by_param = {id(p): g for g in groups for p in g["params"]}
     L = model.encoder.num_layers
     assert L == 2
-    expected_layer = {"encoder.patch_embed.weight": 0, "encoder.mask_embed": 0, "encoder.backbone.pos_embed": 0,
+    expected_layer = {"encoder.patch_embed.weight": 0, "encoder.backbone.pos_embed": 0,
                       "encoder.backbone.cls_tokens": 0, "encoder.backbone.blocks.0.attn.qkv.weight": 1,
                       "encoder.backbone.blocks.1.mlp.fc2.weight": 2, "encoder.backbone.norm.weight": 3}
-    names = dict(model.named_parameters())
+    assert not model.encoder.mask_embed.requires_grad  # pretraining only: frozen, in no group
+    names = {n: p for n, p in model.named_parameters() if p.requires_grad}
     for name, layer in expected_layer.items():
         g = by_param[id(names[name])]
         assert g["lr"] == pytest.approx(lr * decay ** (L + 1 - layer)), name
@@ -376,7 +377,7 @@ def test_layer_decay_groups_follow_decay_power_of_depth(export):
         g = by_param[id(p)]
         if name.startswith("head."):
             assert g["lr"] == pytest.approx(lr * head_mult)
-        no_decay = p.ndim <= 1 or name.split(".")[-1] in ("pos_embed", "cls_tokens", "mask_embed")
+        no_decay = p.ndim <= 1 or name.split(".")[-1] in ("pos_embed", "cls_tokens")
         assert g["weight_decay"] == (0.0 if no_decay else wd), name
     assert sum(len(g["params"]) for g in groups) == len(names)
     # decay 1.0 = off: one LR for the whole encoder
