@@ -22,6 +22,14 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: fl
     return proc
 
 
+def launch_two_cpu_ranks(*args: str, timeout: float = 450) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``python -m ARGS`` as 2 real CPU processes (one thread each); not checked."""
+    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """24 synthetic clips written in-process (the sharding tests' input)."""

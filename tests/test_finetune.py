@@ -28,6 +28,8 @@ from finetune.train import epoch_lr, finetune, finetune_all, predict_shards
 from pretrain.data import resolve_shards
 from pretrain.encoder import Encoder, EncoderConfig, ExportError
 
+from .conftest import launch_two_cpu_ranks
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "recipes" / "finetune" / "demo.toml"
 TINY_VIT = {"dim": 32, "depth": 2, "num_heads": 2, "num_cls": 2}
@@ -621,10 +623,7 @@ def test_embed_refuses_a_window_shorter_than_a_patch(export, wavs, work, capsys)
 
 def _two_cpu_ranks(*args: str) -> subprocess.CompletedProcess:
     """``accelerate launch`` with 2 CPU processes of ``python -m finetune ARGS``."""
-    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "finetune", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=280)
+    proc = launch_two_cpu_ranks("finetune", *args, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 

@@ -19,7 +19,7 @@ from pretrain.config import load_recipe
 from pretrain.data import resolve_shards, slot_shards
 from pretrain.encoder import Encoder
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, launch_two_cpu_ranks, run_cli
 
 TINY = [
     "model.backbone_config.dim=32", "model.backbone_config.depth=2", "model.backbone_config.num_heads=2",
@@ -98,10 +98,7 @@ def test_two_cpu_ranks_under_accelerate_launch(tiny_shards, tmp_path):
     cut = _cut_one_shard_per_rank(tiny_shards, tmp_path / "data", seed)
     args = tiny_args(tmp_path / "data", tmp_path, "ddp", "train.max_steps=6", "train.record_keys=true",
                      "data.samples_per_epoch=16")
-    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=450)
+    proc = launch_two_cpu_ranks(*args)
     errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
     assert proc.returncode == 0, "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-2000:]
     run = tmp_path / "ddp"
@@ -130,10 +127,7 @@ def test_every_backbone_pretrains_on_two_cpu_ranks(backbone, tiny_shards, tmp_pa
     sets = [f"model.backbone={backbone}", "model.preset=''", f"model.backbone_config={json.dumps(TINY_BACKBONES[backbone])}",
             "train.max_steps=3", "data.samples_per_epoch=16"]
     args = tiny_args(tiny_shards, tmp_path, "ddp", *sets)
-    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=280)
+    proc = launch_two_cpu_ranks(*args, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]
     c0, c1 = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["rank_param_checksums"]
     assert c0 == c1

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from pretrain.data import DataError, ShardSet, fit_workers
 
-from .conftest import REPO
+from .conftest import launch_two_cpu_ranks
 from .test_pretrain_run import tiny_args
 
 
@@ -30,10 +26,7 @@ def test_two_ranks_refuse_a_one_shard_valid_set_before_step_1(tiny_shards, tmp_p
     """Two real ranks: the validation set would fail at its first use; it must fail before training."""
     one = sorted((tiny_shards / "valid").glob("*.tar"))[0]
     args = tiny_args(tiny_shards, tmp_path, "v", "train.max_steps=4", "train.val_every=2", f"data.valid={one}")
-    env = os.environ.copy() | {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=250)
+    proc = launch_two_cpu_ranks(*args, timeout=250)
     assert proc.returncode != 0
     assert f"error: data.valid: {one} has 1 shard(s) for 2 processes" in proc.stderr, proc.stderr[-3000:]
     assert "pretrain: " not in proc.stderr and "loss" not in proc.stderr  # no header, no step
