@@ -16,17 +16,17 @@ from accelerate import PartialState
 from core.accel import end_process_group
 from core.jsonio import write_json_atomic
 
-from .config import load_finetune_recipe
+from .config import FinetuneRecipe, load_finetune_recipe
 from .train import finetune
 
 
 def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
     """Linear probe and full fine-tuning, pretrained vs random init; prints a table, writes compare.json."""
+    base = load_finetune_recipe(recipe_path, overrides)
     try:
-        rows = _runs(recipe_path, encoder, overrides)
+        rows = _runs(recipe_path, encoder, overrides, base)
     finally:
         end_process_group()
-    base = load_finetune_recipe(recipe_path, overrides)
     if PartialState().is_main_process:
         _report(rows, base.train.seed, encoder)
         out = Path(base.run.output_dir) / f"{base.run.name}_compare.json"
@@ -35,9 +35,8 @@ def compare(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
     return rows
 
 
-def _runs(recipe_path: str, encoder: str, overrides: list[str]) -> dict:
+def _runs(recipe_path: str, encoder: str, overrides: list[str], base: FinetuneRecipe) -> dict:
     rows = {}
-    base = load_finetune_recipe(recipe_path, overrides)
     c = base.compare
     probe = c.probe_overrides + [f"train.epochs={c.probe_epochs_factor * base.train.epochs}"]
     for mode in ("linear_probe", "full"):
