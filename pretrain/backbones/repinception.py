@@ -414,7 +414,7 @@ class RepInceptionNeXt(Backbone):
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or "mask_token" in n}
 
     def pretraining_only(self) -> set[str]:
-        return {"decoder.mask_token16", "decoder.mask_token32"}
+        return {n for n, _ in self.named_parameters() if "mask_token" in n}
 
     def reparameterize(self) -> None:
         """Fuse every multi-branch cascade into one depthwise conv (see the module docstring).
