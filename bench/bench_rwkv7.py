@@ -270,8 +270,17 @@ def main() -> None:
     p.add_argument("--max-tokens-fwd", type=int, default=16384)
     p.add_argument("--max-tokens-bwd", type=int, default=8192)
     p.add_argument("--max-gb", type=float, default=5.0, help="skip naive-attention cases estimated above this")
+    p.add_argument("--system-allocator", action="store_true",
+                   help="keep the process's allocator (default: the one `pretrain train` uses, core/allocator.py)")
     args = p.parse_args()
-    print(f"# torch threads {args.threads}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    if not args.system_allocator:  # measure what training runs: the CLI re-runs itself with a tuned allocator
+        sys.path.insert(0, str(ROOT))
+        from core.allocator import rerun_with_tuned_allocator
+
+        rerun_with_tuned_allocator()
+    allocator = os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES") or "system default"
+    print(f"# torch threads {args.threads}; allocator: {allocator}; "
+          f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     {"kernel": bench_kernel, "encoder": bench_encoder, "step": bench_step, "targets": bench_targets}[args.what](args)
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 
