@@ -9,6 +9,8 @@
 3. ``step``: issue 16's CPU step target: one pretraining step (the project's ``Pretrainer``, one-pass
    objective, AdamW, fp32) of A-RWKV-T and ViT-tiny (SDPA) at batch 4 x 1024 frames (512 patches),
    400 of 512 (78%) cluster-masked, interleaved rounds in one process; medians and minima.
+   ``step-alone``: the same step, each model alone in a fresh process (``--rounds`` processes each, in
+   turn): CPU seconds per step (median of steps 2-5) and the process's peak resident memory.
 4. ``targets``: ``step`` plus forward + backward at 4k / 8k / 16k tokens (batch 1, fresh subprocesses):
    time, peak memory per token, A-RWKV-T vs ViT-SDPA, and A-RWKV-T's t(16k) / t(4k).
    Needs ~6 GB at 16k tokens: run it under ``flock /tmp/bigmem.lock``.
@@ -21,6 +23,7 @@ Cases whose estimated memory exceeds ``--max-gb`` are skipped and reported as su
     .venv/bin/python bench/bench_rwkv7.py kernel
     .venv/bin/python bench/bench_rwkv7.py encoder [--max-tokens-fwd 16384 --max-tokens-bwd 8192]
     .venv/bin/python bench/bench_rwkv7.py step [--rounds 5 --extra autograd]
+    .venv/bin/python bench/bench_rwkv7.py step-alone [--rounds 3]
     flock /tmp/bigmem.lock .venv/bin/python bench/bench_rwkv7.py targets
 """
 
@@ -66,6 +69,9 @@ def run_case(case: dict) -> dict:
             op(*x).square().mean().backward()
 
         return child.measure(step, case["repeat"], case["warmup"])
+
+    if case["kind"] == "step-alone":
+        return _step_alone(case["model"])
 
     from pretrain.backbones import make_backbone_config
     from pretrain.encoder import Encoder, EncoderConfig
@@ -183,20 +189,68 @@ def _step_models(extra: list[str]):
     return models
 
 
-def bench_step(args) -> dict[str, float]:
-    """Interleaved rounds of one training step per model; returns the medians."""
+def _step_inputs():
+    """Issue 16's step inputs: batch 4 x 1024 frames, 400 of 512 patches cluster-masked."""
     import torch
 
     from pretrain.masking import make_mask
     from pretrain.patches import valid_patches
 
-    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch, frames = 4, 1024
     grid = (frames // 16, 8)
     fbank = torch.randn(batch, frames, 128)
     valid = valid_patches(torch.full((batch,), frames), grid, (16, 16), (16, 16))
-    mask = make_mask("cluster", valid, grid, 400, generator=torch.Generator().manual_seed(0))
+    return fbank, make_mask("cluster", valid, grid, 400, generator=torch.Generator().manual_seed(0))
+
+
+def _step_alone(model: str) -> dict:
+    """Child: five steps of one model; CPU seconds of steps 2-5 and the process's peak RSS."""
+    import torch
+
+    fbank, mask = _step_inputs()
+    m = _step_models([])[model]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4)
+    cpu = []
+    for _ in range(5):
+        c0 = time.process_time()
+        m(fbank, [mask])["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        cpu.append(time.process_time() - c0)
+    return {"cpu": cpu[1:], "peak_mb": child.peak_rss_kb() / 1024}
+
+
+def bench_step_alone(args) -> None:
+    models = ["ViT-tiny (SDPA)", "A-RWKV-T"]
+    runs: dict[str, list[dict]] = {m: [] for m in models}
+    for _ in range(args.rounds):
+        for m in models:
+            runs[m].append(spawn({"kind": "step-alone", "model": m, "threads": args.threads}, args.timeout))
+    print(f"\nOne pretraining step, each model alone in a fresh process ({args.rounds} each, in turn), issue 16's "
+          f"shape, {args.threads} thread(s): CPU s per step (median of steps 2-5) per process; peak RSS\n")
+    print("| model | CPU s per step, per process | median | / ViT | peak MB |")
+    print("|---|---|---|---|---|")
+    med = {}
+    for m in models:
+        ok = [r for r in runs[m] if "cpu" in r]
+        if not ok:
+            print(f"| {m} | {runs[m][0].get('error', '?')} | | | |")
+            continue
+        per = [statistics.median(r["cpu"]) for r in ok]
+        med[m] = statistics.median(per)
+        ratio = f"{med[m] / med[models[0]]:.2f}x" if models[0] in med else "-"
+        peaks = f"{min(r['peak_mb'] for r in ok):.0f}-{max(r['peak_mb'] for r in ok):.0f}"
+        print(f"| {m} | {' / '.join(f'{x:.2f}' for x in per)} | {med[m]:.2f} | {ratio} | {peaks} |", flush=True)
+
+
+def bench_step(args) -> dict[str, float]:
+    """Interleaved rounds of one training step per model; returns the medians."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    fbank, mask = _step_inputs()
+    batch, frames = fbank.shape[:2]
     models = _step_models(args.extra)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -259,7 +313,7 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(sys.argv[2]))))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["kernel", "encoder", "step", "targets"])
+    p.add_argument("what", choices=["kernel", "encoder", "step", "step-alone", "targets"])
     p.add_argument("--rounds", type=int, default=5, help="step: timed rounds after one warm-up (targets: 0 skips it)")
     p.add_argument("--extra", nargs="*", default=[], help="step: also time A-RWKV-T with these wkv_impl values")
     p.add_argument("--train-tokens", type=int, nargs="*", default=[4096, 8192, 16384])
@@ -281,7 +335,9 @@ def main() -> None:
     allocator = os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES") or "system default"
     print(f"# torch threads {args.threads}; allocator: {allocator}; "
           f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    {"kernel": bench_kernel, "encoder": bench_encoder, "step": bench_step, "targets": bench_targets}[args.what](args)
+    benches = {"kernel": bench_kernel, "encoder": bench_encoder, "step": bench_step, "step-alone": bench_step_alone,
+               "targets": bench_targets}
+    benches[args.what](args)
     print(f"# load average after: {os.getloadavg()[0]:.1f}")
 
 
