@@ -77,9 +77,9 @@ class _TimeMixCore(torch.autograd.Function):
         r_h = r.view(p["k"].shape)
         y, bounds, kept = wkv.pure_forward(r_h, p["log_w"], p["k"], p["v"], p["a"], p["b"], gate, 2, chunk)
         out = time_mix_post(y, r_h, p["k"], p["v"], g, r_k, ln_w, ln_b, eps)
-        ctx.save_for_backward(*tensors, y, *bounds[1:], *(kept or []))
+        wkv_saved, ctx.wkv_layout = wkv.saved_for_backward(bounds, kept)
+        ctx.save_for_backward(*tensors, y, *wkv_saved)
         ctx.cfg, ctx.amp = cfg, autocast_state(r)
-        ctx.num_bounds, ctx.keeps = len(bounds) - 1, kept is not None
         return out
 
     @staticmethod
@@ -112,18 +112,12 @@ def _post_grads(d_out, y, r_h, k, v, g, r_k, ln_w, ln_b, eps: float, heads: int)
     return d_y.view(shape), d_r, d_k, d_v, d_g, d_r_k, d_ln_w, d_ln_b
 
 
-def _wkv_saved(ctx, saved) -> tuple[list, list | None]:
-    """The WKV's segment states (first None) and kept chunk terms (or None) from the saved tensors."""
-    rest = saved[15:]
-    return [None, *rest[: ctx.num_bounds]], (list(rest[ctx.num_bounds :]) if ctx.keeps else None)
-
-
 def _core_grads(ctx, d_out):
     """Hand-written backward of the core: post-chain, the WKV's own backward, then the pre-chain."""
     heads, eps, chunk = ctx.cfg
     saved = ctx.saved_tensors  # once: checkpointing's saved-tensor hooks allow a single unpack
     r, zw, k0, vp, v_first, zv, za, g, gate, k_k, k_a, r_k, ln_w, ln_b, y = saved[:15]
-    bounds, kept = _wkv_saved(ctx, saved)
+    bounds, kept = wkv.restore_saved(saved[15:], ctx.wkv_layout)
     p = _pre_values(zw, k0, vp, v_first, zv, za, k_k, k_a, heads)
     k, v = p["k"], p["v"]
     r_h = r.view(k.shape)
@@ -177,7 +171,7 @@ def _core_grads_autograd(ctx, d_out):
     saved = ctx.saved_tensors
     leaves = [None if t is None else t.detach().requires_grad_() for t in saved[:14]]
     y = saved[14]
-    bounds, kept = _wkv_saved(ctx, saved)
+    bounds, kept = wkv.restore_saved(saved[15:], ctx.wkv_layout)
     r, zw, k0, vp, v_first, zv, za, g, gate, k_k, k_a, r_k, ln_w, ln_b = leaves
     with torch.enable_grad():
         log_w, k, v, a, b = time_mix_pre(zw, k0, vp, v_first, zv, za, k_k, k_a, heads)

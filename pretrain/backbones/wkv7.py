@@ -181,7 +181,8 @@ def _blocks(z: int, chunks: int, c: int, device: torch.device) -> list[list[tupl
 
 def _forward(src, gate, dirs: int, c: int, y: torch.Tensor, kept: list | None = None) -> list[torch.Tensor | None]:
     """Chunked WKV-7 over segments, differentiable by autograd as written; adds the (combined) output
-    into ``y`` ``(B, T, H, N)`` and returns the states entering each segment (None = zero).
+    into ``y`` ``(B, T, H, N)`` and returns the states entering each segment (None = zero). ``kept``
+    (a list, or None): extended with every segment's terms for the backward.
 
     ``src``: ``(r, log_w, k, v, a, b)`` as ``(B, H, T, N)`` views."""
     bsz, heads, length, _ = src[0].shape
@@ -225,6 +226,19 @@ def keeps_terms(rows: int) -> bool:
     return rows <= KEEP_ROWS
 
 
+def saved_for_backward(bounds, kept) -> tuple[list[torch.Tensor], tuple[int, bool]]:
+    """``pure_forward``'s ``bounds`` and ``kept`` as a flat tensor list for ``ctx.save_for_backward`` (so
+    checkpointing's saved-tensor hooks see them), and the layout ``restore_saved`` splits it with."""
+    states = bounds[1:]  # the first segment starts from the zero state (None)
+    return [*states, *(kept or [])], (len(states), kept is not None)
+
+
+def restore_saved(tensors, layout: tuple[int, bool]) -> tuple[list, list | None]:
+    """``(bounds, kept)`` back from ``saved_for_backward``'s tensors and layout."""
+    num_states, keeps = layout
+    return [None, *tensors[:num_states]], (list(tensors[num_states:]) if keeps else None)
+
+
 def _backward(src, gate, dirs: int, c: int, d_y, bounds, need_gate: bool, kept=None):
     """Gradients w.r.t. ``src`` (``(B, T, H, N)`` in the compute dtype) and the gate's ``(B, T, H, 1)``
     (or None), block by block and segment by segment from the end. ``src``, ``d_y``: ``(B, H, T, N)``.
@@ -241,7 +255,8 @@ def _backward(src, gate, dirs: int, c: int, d_y, bounds, need_gate: bool, kept=N
         b0, b1 = block[0][0], block[-1][1]
         dys = _pack([d_y], dirs, c, calc, b0, b1, scales)
         packed = _pack_block(src, dirs, c, calc, b0, b1) if kept is None else None
-        y, d_g, d_v = (torch.empty_like(dys) for _ in range(3))
+        y = torch.empty_like(dys) if d_gate is not None else None  # per-direction output: the gate's gradient
+        d_g, d_v = torch.empty_like(dys), torch.empty_like(dys)
         d_ra, d_kb = (dys.new_empty(b1 - b0, z, 2 * c, n) for _ in range(2))
         for s0, s1 in reversed(block):
             sl = slice(s0 - b0, s1 - b0)
@@ -251,7 +266,8 @@ def _backward(src, gate, dirs: int, c: int, d_y, bounds, need_gate: bool, kept=N
             else:
                 terms = kept[len(kept) - _KEPT_PER_SEGMENT :]
                 del kept[len(kept) - _KEPT_PER_SEGMENT :]
-            y[sl] = terms[-1]
+            if y is not None:
+                y[sl] = terms[-1]
             d_ra[sl], d_g[sl], d_kb[sl], d_v[sl], d_state = _backward_segment(terms, dys[sl], state, d_state)
             del terms
         del packed, dys
@@ -442,19 +458,18 @@ class _WKV7Chunked(torch.autograd.Function):
     def forward(ctx, r, log_w, k, v, a, b, gate, dirs: int, chunk_size: int):
         y, bounds, kept = _run_forward(r, log_w, k, v, a, b, gate, dirs, chunk_size, for_backward=True)
         # Segment-boundary states: (N x N) per (batch, head, direction) every SEGMENT_ROWS rows; then the
-        # kept chunk terms of short calls (through save_for_backward, so checkpointing's hooks see them).
-        bounds = [s for s in bounds if s is not None]
-        ctx.save_for_backward(r, log_w, k, v, a, b, gate, *bounds, *(kept or []))
-        ctx.dirs, ctx.chunk_size, ctx.num_bounds, ctx.keeps = dirs, chunk_size, len(bounds), kept is not None
+        # kept chunk terms of short calls.
+        wkv_saved, ctx.wkv_layout = saved_for_backward(bounds, kept)
+        ctx.save_for_backward(r, log_w, k, v, a, b, gate, *wkv_saved)
+        ctx.dirs, ctx.chunk_size = dirs, chunk_size
         return y
 
     @staticmethod
     def backward(ctx, d_y):
         r, log_w, k, v, a, b, gate, *rest = ctx.saved_tensors
-        bounds, kept = rest[: ctx.num_bounds], rest[ctx.num_bounds :] if ctx.keeps else None
+        bounds, kept = restore_saved(rest, ctx.wkv_layout)
         grads = _pure_grads(
-            (r, log_w, k, v, a, b, gate), [None, *bounds], d_y, ctx.dirs, ctx.chunk_size, ctx.needs_input_grad[6],
-            kept,
+            (r, log_w, k, v, a, b, gate), bounds, d_y, ctx.dirs, ctx.chunk_size, ctx.needs_input_grad[6], kept
         )
         return (*grads, None, None)
 
