@@ -6,8 +6,8 @@
 Parts (each in its own subprocess with its own time budget; a failing or hanging part is reported
 and the rest still run):
 
-  a. the CUDA-marked tests (``pytest -m cuda``): fla's RWKV-7 kernel and the mamba_ssm kernels vs
-     the pure paths;
+  a. the CUDA-marked tests (``pytest -m "cuda or gpu_extra"``): fla's RWKV-7 kernel and the mamba_ssm
+     kernels vs the pure paths, and our mapping onto fla against fla's own reference recurrence;
   b. one bf16-autocast pretraining step of each backbone (SSAST-tiny ViT, SSAMBA-tiny, A-RWKV-T,
      ARIN-tiny) from its recipe, batch 32 x 1024 frames: samples/s and peak GPU memory;
   c. forward + backward at 1k / 4k / 16k tokens, batch 1, bf16 autocast: ViT-tiny (SDPA),
@@ -46,7 +46,7 @@ RECIPES = {  # label -> pretraining recipe
 }
 BUDGETS = {"a": 110, "b": 100, "c": 120, "d": 130}  # seconds; 460 in all, plus start-up and installs
 TITLES = {
-    "a": "a. CUDA-marked tests (`pytest -m cuda`)",
+    "a": "a. CUDA-marked tests (`pytest -m \"cuda or gpu_extra\"`)",
     "b": "b. bf16-autocast pretraining step, batch 32 x 1024 frames",
     "c": "c. forward + backward by length, batch 1, bf16 autocast",
     "d": "d. `pretrain train` through `accelerate launch` (1 process), 50 steps",
@@ -85,7 +85,7 @@ def _peak_mb(device) -> float | None:
 
 
 def part_a(dry: bool, budget: float) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests/"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda or gpu_extra", "-q", "-p", "no:cacheprovider", "tests/"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=max(budget - 5, 5))
     lines = proc.stdout.strip().splitlines()
     summary = next((ln for ln in reversed(lines) if re.search(r"\b(passed|failed|skipped|error|deselected)\b", ln)),

@@ -51,6 +51,13 @@ def wkv7_fla(r, log_w, k, v, a, b, gate: torch.Tensor | None, dirs: int) -> torc
         raise ValueError(f"wkv7: impl='fla' needs CUDA tensors, got device {r.device}")
     if r.dtype == torch.float64:
         raise ValueError("wkv7: impl='fla' does not support float64; use impl='pure'")
+    return run_kernel(_kernel(), r, log_w, k, v, a, b, gate, dirs)
+
+
+def run_kernel(kernel, r, log_w, k, v, a, b, gate: torch.Tensor | None, dirs: int) -> torch.Tensor:
+    """The WKV-7 scan through ``kernel``, a callable with ``chunk_rwkv7``'s signature and semantics (the
+    Triton kernel on CUDA; in tests, fla's own reference recurrence on CPU): the dtype under autocast,
+    the bidirectional batch ``[x; flip(x)]`` and the merge of the two directions. No device checks."""
     dev = r.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else r.dtype
     xs = [t.to(dtype) for t in (r, log_w, k, v, a, b)]
@@ -58,7 +65,7 @@ def wkv7_fla(r, log_w, k, v, a, b, gate: torch.Tensor | None, dirs: int) -> torc
     if dirs == 2:
         xs = [torch.cat([t, t.flip(1)], dim=0) for t in xs]
     with torch.autocast(dev, enabled=False):
-        out = _kernel()(r=xs[0], w=xs[1], k=xs[2], v=xs[3], a=xs[4], b=xs[5], scale=1.0)
+        out = kernel(r=xs[0], w=xs[1], k=xs[2], v=xs[3], a=xs[4], b=xs[5], scale=1.0)
         y = out[0] if isinstance(out, tuple) else out
         if dirs == 1:
             return y
