@@ -16,8 +16,9 @@ and the rest still run):
      synthetic shard set through ``accelerate launch`` (one process, bf16).
 
 Nothing is downloaded. Packages beyond torch come as wheels: ``--wheels DIR`` runs
-``pip install --no-index --find-links DIR`` on every wheel in DIR. Prepare DIR on a machine with
-internet and the same Python version::
+``pip install --no-index --no-deps`` on every wheel in DIR. ``bash scripts/device_wheels.sh DIR``
+fetches the set for the lent H200 (Python 3.12: webdataset, soundfile, fla-core and what they need);
+by hand, on a machine with internet and the target's Python version::
 
     pip download fla-core einops -d DIR          # pure-Python wheels (Triton comes with CUDA torch)
     # optional, CUDA builds matching the target's torch/CUDA (source builds, minutes each):
@@ -296,7 +297,9 @@ def install_wheels(folder: Path) -> str:
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         return f"--wheels {folder}: no .whl files found"
-    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--find-links", str(folder), *map(str, wheels)]
+    # --no-deps: never let the resolver touch the target's own torch/Triton; DIR holds every missing package.
+    cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--find-links", str(folder),
+           *map(str, wheels)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     names = ", ".join(w.name for w in wheels)
     if proc.returncode:
