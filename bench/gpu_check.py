@@ -58,6 +58,17 @@ TITLES = {
 # Parts (run in a child process; each returns a JSON-able dict)
 
 
+_PARTIAL: Path | None = None  # the child's result file: parts b and c save what they have after every cell
+
+
+def _save_partial(result: dict) -> None:
+    """Write a part's result so far, so that a part killed at its time limit still reports its finished cells."""
+    if _PARTIAL is not None:
+        tmp = _PARTIAL.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(_PARTIAL)
+
+
 def _device(dry: bool):
     import torch
 
@@ -119,7 +130,9 @@ def part_b(dry: bool, budget: float) -> dict:
     device = _device(dry)
     batch, frames, steps = (2, 64, 1) if dry else (32, 1024, 5)
     start, rows = time.monotonic(), {}
+    result = {"batch": batch, "frames": frames, "device": str(device), "rows": rows}
     for label, recipe_name in RECIPES.items():
+        _save_partial(result)
         if time.monotonic() - start > budget * 0.8:
             rows[label] = {"error": "skipped (time budget)"}
             continue
@@ -153,16 +166,23 @@ def part_b(dry: bool, budget: float) -> dict:
             del model, opt
         except Exception as e:  # one backbone failing must not hide the others
             rows[label] = {"error": f"{type(e).__name__}: {str(e)[:160]}"}
-    return {"batch": batch, "frames": frames, "device": str(device), "rows": rows}
+    return result
 
 
-def _backbone_variants() -> list[tuple[str, str, dict]]:
+def _backbone_variants() -> list[tuple[str, str, dict, str | None]]:
+    """``(label, recipe, backbone overrides, why it cannot run or None)``. The pure paths come last: on a GPU
+    they launch small kernels per position (Mamba) or per chunk (RWKV-7) and are the slowest cells."""
+    from pretrain.backbones import wkv7_fla
+    from pretrain.backbones.selective_scan import _mamba_ssm_kernel
+
+    no_mamba = None if _mamba_ssm_kernel() is not None else "mamba_ssm not installed"
+    no_fla = None if wkv7_fla._kernel() is not None else "fla not installed"
     return [
-        ("ViT-tiny (SDPA)", "ssast_tiny_patch", {"attention": "sdpa"}),
-        ("Mamba-tiny kernel", "ssamba_tiny", {"scan_impl": "auto"}),
-        ("Mamba-tiny pure", "ssamba_tiny", {"scan_impl": "torch"}),
-        ("RWKV-7-T kernel", "arwkv_t", {"wkv_impl": "auto"}),
-        ("RWKV-7-T pure", "arwkv_t", {"wkv_impl": "pure"}),
+        ("ViT-tiny (SDPA)", "ssast_tiny_patch", {"attention": "sdpa"}, None),
+        ("RWKV-7-T kernel", "arwkv_t", {"wkv_impl": "auto"}, no_fla),
+        ("Mamba-tiny kernel", "ssamba_tiny", {"scan_impl": "auto"}, no_mamba),
+        ("RWKV-7-T pure", "arwkv_t", {"wkv_impl": "pure"}, None),
+        ("Mamba-tiny pure", "ssamba_tiny", {"scan_impl": "torch"}, None),
     ]
 
 
@@ -172,7 +192,11 @@ def part_c(dry: bool, budget: float) -> dict:
     device = _device(dry)
     tokens_list = [64, 128] if dry else [1024, 4096, 16384]
     start, rows = time.monotonic(), {}
-    for label, recipe_name, over in _backbone_variants():
+    result = {"tokens": tokens_list, "device": str(device), "rows": rows}
+    for label, recipe_name, over, missing in _backbone_variants():
+        if missing and not dry:
+            rows[label] = {t: {"error": missing} for t in tokens_list}
+            continue
         rows[label] = {}
         try:
             _, model = _encoder_from_recipe(recipe_name, device, dry, over)
@@ -180,8 +204,13 @@ def part_c(dry: bool, budget: float) -> dict:
             rows[label] = {t: {"error": f"{type(e).__name__}: {str(e)[:120]}"} for t in tokens_list}
             continue
         enc = model.encoder.train()
+        last = None  # (tokens, seconds per fwd+bwd) of this model's previous cell
         for tokens in tokens_list:
-            if time.monotonic() - start > budget * 0.85:
+            _save_partial(result)
+            elapsed = time.monotonic() - start
+            # 3 passes; time grows at least linearly with length: skip a cell that would not end in time
+            forecast = 0.0 if last is None else 3 * last[1] * tokens / last[0]
+            if elapsed + forecast > budget * 0.85:
                 rows[label][tokens] = {"error": "skipped (time budget)"}
                 continue
             try:
@@ -199,12 +228,13 @@ def part_c(dry: bool, budget: float) -> dict:
                     if i:
                         times.append(time.perf_counter() - t0)
                 rows[label][tokens] = {"seconds": min(times), "peak_mb": _peak_mb(device)}
+                last = (tokens, max(times))
             except Exception as e:
                 rows[label][tokens] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
         del model, enc
-    return {"tokens": tokens_list, "device": str(device), "rows": rows}
+    return result
 
 
 def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
@@ -318,7 +348,10 @@ def run_part(part: str, dry: bool, budget: float) -> dict:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=budget + 30)
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {budget + 30:.0f} s", "wall_s": time.perf_counter() - t0}
+            partial = json.loads(out.read_text()) if out.exists() else {}
+            return partial | {"error": f"timed out after {budget + 30:.0f} s" + (" (the cells above finished)"
+                                                                                if partial else ""),
+                              "wall_s": time.perf_counter() - t0}
         wall = time.perf_counter() - t0
         if proc.returncode or not out.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -331,8 +364,9 @@ def _mb(x) -> str:
 
 
 def _format_part(part: str, res: dict) -> list[str]:
-    if "error" in res and part != "c":
+    if "error" in res and "rows" not in res:
         return [f"**failed:** {res['error']}"]
+    note = ["", f"**stopped:** {res['error']}"] if "error" in res else []
     if part == "a":
         lines = [f"`{res['summary']}` (exit {res['rc']})"]
         return lines + [f"- {f}" for f in res.get("failures", [])]
@@ -345,10 +379,8 @@ def _format_part(part: str, res: dict) -> list[str]:
             else:
                 lines.append(f"| {label} | {r['samples_per_s']:.1f} | {r['step_s']:.3f} | {_mb(r['peak_mb'])} | "
                              f"{r['masked']} / {r['patches']} | {r['loss']:.3f} |")
-        return lines
+        return lines + note
     if part == "c":
-        if "rows" not in res:
-            return [f"**failed:** {res.get('error')}"]
         toks = res["tokens"]
         lines = [f"device {res['device']}; cells: seconds / peak MB", "",
                  "| model | " + " | ".join(f"{t} tokens" for t in toks) + " |", "|---" * (len(toks) + 1) + "|"]
@@ -358,7 +390,7 @@ def _format_part(part: str, res: dict) -> list[str]:
                 c = cells.get(str(t), cells.get(t, {"error": "-"}))
                 out.append(c["error"] if "error" in c else f"{c['seconds']:.3f} / {_mb(c['peak_mb'])}")
             lines.append(f"| {label} | " + " | ".join(out) + " |")
-        return lines
+        return lines + note
     lines = [f"{res['steps']} steps, batch {res['batch']}", "", "| recipe | exit | wall s | steps/s | last loss |",
              "|---|---|---|---|---|"]
     for name, r in res["runs"].items():
@@ -408,7 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args._part:  # child: one part, result as JSON
-        args._json.write_text(json.dumps(PARTS[args._part](args.dry_run, args._budget)))
+        global _PARTIAL
+        _PARTIAL = args._json
+        _save_partial(PARTS[args._part](args.dry_run, args._budget))
         return 0
     t0 = time.perf_counter()
     install = install_wheels(args.wheels) if args.wheels else None

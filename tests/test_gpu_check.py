@@ -3,6 +3,7 @@ one dry-run part end to end (toy sizes on CPU; the GPU numbers come only from a 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,18 @@ def test_report_formats_every_part_and_failures():
     assert "**failed:** timed out after 160 s" in text
     assert "Wheels: installed from w/" in text and "Total wall time 400 s." in text
     assert "DRY RUN" in gpu_check.format_report(env, {}, dry=True, install=None, total_s=1)
+
+
+def test_a_part_stopped_at_its_limit_still_reports_its_finished_cells(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "_PARTIAL", tmp_path / "result.json")
+    gpu_check._save_partial({"tokens": [1024], "device": "cuda", "rows": {"ViT-tiny (SDPA)": {"1024": {
+        "seconds": 0.02, "peak_mb": 100.0}}}})
+    partial = json.loads((tmp_path / "result.json").read_text())
+    assert not (tmp_path / "result.tmp").exists()
+    res = partial | {"error": "timed out after 150 s (the cells above finished)", "wall_s": 150}
+    text = gpu_check.format_report({}, {"c": res}, dry=False, install=None, total_s=150)
+    assert "| ViT-tiny (SDPA) | 0.020 / 100 |" in text
+    assert "**stopped:** timed out after 150 s (the cells above finished)" in text
 
 
 @pytest.mark.slow
