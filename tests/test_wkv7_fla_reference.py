@@ -2,10 +2,10 @@
 
 ``wkv7_fla.py`` maps our WKV-7 onto ``chunk_rwkv7(r, w, k, v, a, b, scale)`` (log decay, a/b as passed,
 scale 1, bidirectional as one batch ``[x; flip(x)]``). That mapping was first derived by reading fla's
-sources (and an earlier test checked its forward only). Here it is executed: ``wkv7_fla.run_kernel`` runs with fla's pure-PyTorch reference recurrence
-(``fla/ops/generalized_delta_rule/dplr/naive.py::dplr_recurrence``, which the Triton kernel is tested
-against upstream) in place of the kernel, and must equal our pure path in values and gradients, causal
-and bidirectional, with and without the gate.
+sources (and an earlier test checked its forward only). Here it is executed: ``wkv7_fla.run_kernel``
+runs with fla's pure-PyTorch reference recurrence (``fla/ops/generalized_delta_rule/dplr/naive.py::
+dplr_recurrence``, which the Triton kernel is tested against upstream) in place of the kernel, and must
+equal our pure path in values and gradients, causal and bidirectional, with and without the gate.
 
 Needs fla-core's sources and einops importable (the ``gpu`` extra); the Triton kernel itself is not
 imported (fla's package ``__init__`` needs Triton), only the reference module, loaded by file path.
