@@ -35,7 +35,14 @@ from torch import nn
 from .base import Backbone, BackboneOutput
 from .layers import DropPath, pos_embed_for_grid
 from .mamba_lean import lean_scan_block, merge_directions, use_lean_backward
-from .selective_scan import ScanTerms, plan_chunks, scan_kernel_applies, scan_terms, selective_scan
+from .selective_scan import (
+    LEAN_CHECKPOINT_TOKENS,
+    ScanTerms,
+    plan_chunks,
+    scan_kernel_applies,
+    scan_terms,
+    selective_scan,
+)
 
 _CHOICES = {
     "bimamba": ("v2", "v1", "none"),
@@ -256,7 +263,8 @@ class BiMambaMixer(nn.Module):
         recompute)."""
         terms = scan_terms(**self._scan_args(xz))
         batch, length, channels = terms.u.shape
-        return terms, plan_chunks(batch, length, channels, terms.A.shape[2], self.config.scan_block_tokens)
+        return terms, plan_chunks(batch, length, channels, terms.A.shape[2], self.config.scan_block_tokens,
+                                  checkpoint_tokens=LEAN_CHECKPOINT_TOKENS)
 
     def _merge(self) -> tuple[int, float]:
         """``(directions, scale)`` of :func:`merge_directions` for this variant."""

@@ -40,8 +40,13 @@ import torch
 import torch.nn.functional as F
 
 # Chunk length when none is given: the spacing of the states saved for the backward (their memory is
-# 1/CHECKPOINT_TOKENS of a full state history) and the length of the backward's recompute buffer.
-CHECKPOINT_TOKENS = 64
+# 1/CHECKPOINT_TOKENS of a full state history) and the length of the backward's recompute buffer. 16 keeps
+# that buffer (16 states and decays of a (groups, batch, N, E) slab: 6 MB at SSAMBA-tiny's batch-4 step)
+# in cache: the scan's backward takes 1.83 s of that step instead of 2.22 s at 64 (bench/RESULTS.md), for
+# 2·E·N/16 more floats per token kept (~10% of what plain autograd keeps for the mixer anyway).
+CHECKPOINT_TOKENS = 16
+# The lean mixer's (mamba_lean.py, taken for long inputs, where memory runs out first): 1/64 of a history.
+LEAN_CHECKPOINT_TOKENS = 64
 # Chunks run side by side until one (groups, batch·chunks, N, E) slab holds this many numbers (256 KiB
 # in fp32, cache-resident): enough work per op to hide PyTorch's per-op overhead.
 SLAB_ELEMENTS = 1 << 16
@@ -126,14 +131,16 @@ def linear_scan(a: torch.Tensor, x: torch.Tensor, overwrite_x: bool = False) -> 
     return h[:, :length] if padded != length else h
 
 
-def plan_chunks(batch: int, length: int, channels: int, state: int, block_tokens: int | None = None) -> tuple[int, int, int]:
+def plan_chunks(batch: int, length: int, channels: int, state: int, block_tokens: int | None = None,
+                checkpoint_tokens: int | None = None) -> tuple[int, int, int]:
     """``(Q, K, J)``: tokens per chunk, chunks (padded to a multiple of J), chunks per backward group.
 
-    ``J`` chunks run side by side so that one ``(groups, batch·J, N, E)`` slab holds about
-    ``SLAB_ELEMENTS`` numbers (small batches otherwise pay Python overhead per position).
+    ``block_tokens`` fixes ``Q``; otherwise chunks of about ``checkpoint_tokens`` (default
+    :data:`CHECKPOINT_TOKENS`) are balanced so that little padding is needed. ``J`` chunks run side by side so that one ``(groups, batch·J, N, E)`` slab
+    holds about ``SLAB_ELEMENTS`` numbers (small batches otherwise pay Python overhead per position).
     """
     per_row = max(1, batch * channels * state)
-    k0 = -(-length // (block_tokens or CHECKPOINT_TOKENS))
+    k0 = -(-length // (block_tokens or checkpoint_tokens or CHECKPOINT_TOKENS))
     j = max(1, min(k0, SLAB_ELEMENTS // per_row))
     k = -(-k0 // j) * j
     return (block_tokens or -(-length // k)), k, j
