@@ -136,8 +136,9 @@ def plan_chunks(batch: int, length: int, channels: int, state: int, block_tokens
     """``(Q, K, J)``: tokens per chunk, chunks (padded to a multiple of J), chunks per backward group.
 
     ``block_tokens`` fixes ``Q``; otherwise chunks of about ``checkpoint_tokens`` (default
-    :data:`CHECKPOINT_TOKENS`) are balanced so that little padding is needed. ``J`` chunks run side by side so that one ``(groups, batch·J, N, E)`` slab
-    holds about ``SLAB_ELEMENTS`` numbers (small batches otherwise pay Python overhead per position).
+    :data:`CHECKPOINT_TOKENS`) are balanced so that little padding is needed. ``J`` chunks run side by
+    side so that one ``(groups, batch·J, N, E)`` slab holds about ``SLAB_ELEMENTS`` numbers (small
+    batches otherwise pay Python overhead per position).
     """
     per_row = max(1, batch * channels * state)
     k0 = -(-length // (block_tokens or checkpoint_tokens or CHECKPOINT_TOKENS))
