@@ -204,19 +204,29 @@ def _step_inputs():
     return fbank, make_mask("cluster", valid, grid, 400, generator=torch.Generator().manual_seed(0))
 
 
+def _optimizer(model):
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+
+
+def _train_step(model, opt, fbank, mask) -> None:
+    """One pretraining step, as both ``step`` modes time it."""
+    model(fbank, [mask])["loss"].backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _step_alone(model: str) -> dict:
     """Child: five steps of one model; CPU seconds of steps 2-5 and the process's peak RSS."""
-    import torch
 
     fbank, mask = _step_inputs()
     m = _step_models([])[model]
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4)
+    opt = _optimizer(m)
     cpu = []
     for _ in range(5):
         c0 = time.process_time()
-        m(fbank, [mask])["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _train_step(m, opt, fbank, mask)
         cpu.append(time.process_time() - c0)
     return {"cpu": cpu[1:], "peak_mb": child.peak_rss_kb() / 1024}
 
@@ -252,16 +262,14 @@ def bench_step(args) -> dict[str, float]:
     fbank, mask = _step_inputs()
     batch, frames = fbank.shape[:2]
     models = _step_models(args.extra)
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, weight_decay=1e-4) for k, m in models.items()}
+    opts = {k: _optimizer(m) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in models}
     cpu: dict[str, list[float]] = {k: [] for k in models}  # process CPU time: less sensitive to a shared machine
     for rnd in range(args.rounds + 1):  # round 0 is a warm-up
         order = list(models) if rnd % 2 == 0 else list(models)[::-1]
         for k in order:
             t0, c0 = time.perf_counter(), time.process_time()
-            models[k](fbank, [mask])["loss"].backward()
-            opts[k].step()
-            opts[k].zero_grad(set_to_none=True)
+            _train_step(models[k], opts[k], fbank, mask)
             if rnd:
                 times[k].append(time.perf_counter() - t0)
                 cpu[k].append(time.process_time() - c0)

@@ -24,6 +24,7 @@ import torch
 from pretrain.backbones import wkv7_fla
 from pretrain.backbones.wkv7 import wkv7, wkv7_bidirectional
 from tests.test_rwkv7 import kernel_inputs, rel_err
+from tests.test_wkv7_cuda import _run  # (output, input gradients) of fn for a fixed upstream gradient
 
 
 def _fla_reference():
@@ -57,13 +58,6 @@ def chunk_rwkv7_reference(r, w, k, v, a, b, scale):
     return o.transpose(1, 2)
 
 
-def _values_and_grads(fn, inputs, probe):
-    inputs = [t.detach().clone().requires_grad_() for t in inputs]
-    out = fn(*inputs)
-    (out * probe).sum().backward()
-    return out.detach(), [t.grad for t in inputs]
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("mode", ["causal", "sum", "gate"])
 def test_fla_mapping_matches_pure_path(mode):
@@ -83,8 +77,8 @@ def test_fla_mapping_matches_pure_path(mode):
             return wkv7(*t, impl="pure")
         return wkv7_bidirectional(*t[:6], gate=t[6] if len(t) > 6 else None, impl="pure")
 
-    y_ref, g_ref = _values_and_grads(through_fla, [*x, *extra], probe)
-    y, g = _values_and_grads(pure, [*x, *extra], probe)
+    y_ref, g_ref = _run(through_fla, [*x, *extra], probe)
+    y, g = _run(pure, [*x, *extra], probe)
     assert rel_err(y, y_ref) <= 1e-5
     for name, got, want in zip(["r", "log_w", "k", "v", "a", "b", "gate"], g, g_ref):
         assert rel_err(got, want) <= 1e-4, name
