@@ -59,6 +59,7 @@ class ObjectiveSection:
     mode: str = "one_pass"  # "one_pass" | "two_pass" (SSAST's original: two masks, two encoder passes)
     nce_weight: float = 1.0  # weight of the discriminative InfoNCE loss
     mse_weight: float = 10.0  # weight of the generative MSE loss (SSAST: 10)
+    negatives: str = "clip"  # InfoNCE candidates: "clip" (the clip's other masked patches, SSAST) | "batch" (all in the batch)
 
 
 @dataclass
@@ -123,6 +124,7 @@ CHOICES: Choices = {
     ("masking", "kind"): ("cluster", "random", "span"),
     ("data", "corrupt_shards"): ("skip", "error"),
     ("objective", "mode"): ("one_pass", "two_pass"),
+    ("objective", "negatives"): ("clip", "batch"),
     ("optim", "name"): ("adam", "adamw"),
     ("schedule", "name"): ("ssast", "cosine", "constant"),
     ("train", "mixed_precision"): ("auto", "no", "bf16", "fp16"),

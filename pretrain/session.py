@@ -165,7 +165,8 @@ def _setup_model(recipe: Recipe, normalization: Normalization, shards: ShardSet)
     encoder = build_encoder(recipe, normalization, {"shards": shards.source, "num_samples": shards.num_samples})
     if recipe.model.gradient_checkpointing:
         encoder.set_gradient_checkpointing(True)
-    model = Pretrainer(encoder, recipe.objective.nce_weight, recipe.objective.mse_weight)
+    model = Pretrainer(encoder, recipe.objective.nce_weight, recipe.objective.mse_weight,
+                       negatives=recipe.objective.negatives)
     heads = Path(recipe.model.init_from or "") / HEADS_NAME
     if recipe.model.init_from and heads.is_file():  # continue pretraining with the exported heads
         load_state_strict(model.objective, load_file(str(heads)), str(heads))

@@ -19,6 +19,9 @@ for clip ``b`` with masked positions ``1..M_b``, ``x_j`` the true patch vector a
 of the *same* clip. The softmax runs over the **predictions** ``c_k`` for each target ``x_j``.
 Paper Eq. (1) instead normalizes over the targets ``x_j`` for each prediction ``c_i``; the
 maintainer confirmed the mismatch and kept the code (YuanGongND/ssast#13), and so do we.
+``negatives="batch"`` (not in SSAST; a study option, no gain on the demo) puts every masked patch of the
+batch (of this rank) among the candidates: ``S`` is ``(T, T)`` over the batch's ``T`` masked patches, and
+the loss and accuracy are still averaged per clip, then over clips.
 
 **Accuracy** (the "masked acc" pretext metric), also as the code: with ``P = softmax_k(S)``
 (row-normalized, the same matrix as the loss), column ``k`` is correct when
@@ -123,12 +126,16 @@ class SSASTObjective(nn.Module):
     """SSAST heads and losses over per-patch features; see the module docstring for the exact definitions."""
 
     def __init__(self, dim: int, patch_dim: int, nce_weight: float = ObjectiveSection.nce_weight,
-                 mse_weight: float = ObjectiveSection.mse_weight) -> None:
+                 mse_weight: float = ObjectiveSection.mse_weight,
+                 negatives: str = ObjectiveSection.negatives) -> None:
         super().__init__()
+        if negatives not in ("clip", "batch"):
+            raise ValueError(f"negatives must be 'clip' or 'batch', got {negatives!r}")
         self.dim = dim
         self.patch_dim = patch_dim
         self.nce_weight = nce_weight
         self.mse_weight = mse_weight
+        self.negatives = negatives
         self.disc_head = PredictionHead(dim, patch_dim)
         self.gen_head = PredictionHead(dim, patch_dim)
 
@@ -153,6 +160,8 @@ class SSASTObjective(nn.Module):
         self, g: _Gathered, features: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self.disc_head(g.take(features))
+        if self.negatives == "batch":
+            return self._discriminative_batch(g, pred, g.take(targets).detach())
         with _no_autocast(features.device):
             c, x = _upcast(pred, g.take(targets).detach())
             scores = torch.bmm(x, c.transpose(1, 2))  # (B, M, M): scores[b, j, k] = x_j . c_k
@@ -172,6 +181,25 @@ class SSASTObjective(nn.Module):
                 else:
                     hit = (prob.argmax(dim=1) == torch.arange(m, device=prob.device)) & g.real
                 acc = (hit.sum(dim=1).to(logp.dtype) / g.counts.clamp(min=1)).sum() / g.clips
+        return loss, acc
+
+    def _discriminative_batch(self, g: _Gathered, pred: torch.Tensor,
+                              targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE whose candidates are all masked patches of the batch (of this rank), not only the
+        clip's own: a prediction must also tell its clip from the others. Averaged as the clip variant."""
+        with _no_autocast(pred.device):
+            c, x = _upcast(pred[g.real], targets[g.real])  # (T, P): every real masked patch
+            clip = torch.arange(g.real.shape[0], device=pred.device)[:, None].expand_as(g.real)[g.real]  # (T,)
+            logp = (x @ c.T).log_softmax(dim=-1)  # logp[j, k] = log p(x_j -> c_k) over all k in the batch
+            own = logp.diagonal()
+            counts = g.counts.clamp(min=1).to(logp.dtype)
+            per_clip = torch.zeros(g.real.shape[0], dtype=logp.dtype, device=pred.device).index_add(0, clip, -own)
+            loss = (per_clip / counts).sum() / g.clips
+            with torch.no_grad():
+                if own.numel() == 0:
+                    return loss, torch.zeros((), dtype=logp.dtype, device=pred.device)
+                hit = (logp.exp().argmax(dim=0) == torch.arange(own.numel(), device=pred.device)).to(logp.dtype)
+                acc = (torch.zeros_like(per_clip).index_add(0, clip, hit) / counts).sum() / g.clips
         return loss, acc
 
     def _generative(self, g: _Gathered, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -229,11 +257,12 @@ class Pretrainer(nn.Module):
     two encoder passes), so DDP sees exactly one forward per backward."""
 
     def __init__(self, encoder: Encoder, nce_weight: float = ObjectiveSection.nce_weight,
-                 mse_weight: float = ObjectiveSection.mse_weight):
+                 mse_weight: float = ObjectiveSection.mse_weight, negatives: str = ObjectiveSection.negatives):
         super().__init__()
         self.encoder = encoder
         pt, pf = encoder.config.patch
-        self.objective = SSASTObjective(encoder.dim, pt * pf, nce_weight=nce_weight, mse_weight=mse_weight)
+        self.objective = SSASTObjective(encoder.dim, pt * pf, nce_weight=nce_weight, mse_weight=mse_weight,
+                                        negatives=negatives)
 
     def forward(self, fbank: torch.Tensor, masks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         targets = patch_targets(fbank, self.encoder.config.patch)

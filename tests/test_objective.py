@@ -193,3 +193,39 @@ def test_heads_and_shape_errors():
         obj(feats[:, :, :4], targets, mask)
     with pytest.raises(ValueError, match="mask must be"):
         obj(feats, targets, mask.long())
+
+
+def naive_batch_negatives(obj: SSASTObjective, feats: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor):
+    """``negatives="batch"``: one S = X C^T over every masked patch of the batch; each clip's loss and
+    accuracy are its own rows' / columns' averages, then the mean over clips that have masks."""
+    rows = [(b, n) for b in range(mask.shape[0]) for n in mask[b].nonzero().flatten().tolist()]
+    x = torch.stack([targets[b, n] for b, n in rows])
+    c = torch.stack([obj.disc_head(feats[b, n]) for b, n in rows])
+    logp = torch.log_softmax(x @ c.T, dim=1)
+    prob = logp.exp()
+    losses, accs = [], []
+    for clip in sorted({b for b, _ in rows}):
+        mine = [i for i, (b, _) in enumerate(rows) if b == clip]
+        losses.append(-sum(logp[i, i] for i in mine) / len(mine))
+        accs.append(sum(int(max(range(len(rows)), key=lambda j: prob[j, k]) == k) for k in mine) / len(mine))
+    return sum(losses) / len(losses), sum(accs) / len(accs)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batch_negatives_match_naive_and_differ_from_clip_negatives(seed):
+    obj = objective(seed)
+    obj.negatives = "batch"
+    feats, targets, mask = data(seed, [7, 1, 13, 0, 20, 2])
+    out = obj(feats, targets, mask)
+    ref_d, ref_acc = naive_batch_negatives(obj, feats, targets, mask)
+    assert abs(out["loss_d"].item() - ref_d.item()) <= 1e-9
+    assert abs(out["acc"].item() - ref_acc) <= 1e-9
+    for a, b in zip(grads(out["loss_d"], obj, feats), grads(ref_d, obj, feats)):
+        assert (a - b).abs().max().item() <= 1e-9
+    obj.negatives = "clip"  # more candidates: a harder task, a larger loss than the clip's own
+    assert out["loss_d"].item() > obj(feats, targets, mask)["loss_d"].item()
+    obj.negatives = "batch"
+    empty = obj(feats, targets, torch.zeros_like(mask))
+    assert empty["loss"].item() == 0.0
+    with pytest.raises(ValueError, match="negatives must be"):
+        SSASTObjective(DIM, P, negatives="global")
