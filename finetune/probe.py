@@ -52,10 +52,18 @@ def load_models(paths: list[str], random_init: bool, device: str) -> dict[str, E
     return models
 
 
+def _gain(g: dict[str, Any] | None) -> str:
+    if not g:
+        return "-"
+    lo, hi = g["ci95"]
+    return f"{100 * g['gain']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
 def table(report: dict[str, Any], models: list[str]) -> str:
-    """One row per (model, task): best layer (pooling), its valid and test score, weighted sum, baselines."""
+    """One row per (model, task): best layer (pooling), its valid and test score, weighted sum, baselines,
+    and the best layer's gain over the random twin's with a 95% paired-bootstrap interval over test clips."""
     head = (f"{'model':<18} {'task':<14} {'metric':<8} {'layer':<12} {'valid':>6} {'test':>6} {'wsum':>6} "
-            f"{'random':>6} {'logmel':>6} {'chance':>6}")
+            f"{'random':>6} {'logmel':>6} {'chance':>6}  gain vs random [95% CI]")
     lines = [head, "-" * len(head)]
     fmt = lambda v: "     -" if v is None else f"{100 * v:6.1f}"  # noqa: E731
     for task, t in report["tasks"].items():
@@ -67,7 +75,8 @@ def table(report: dict[str, Any], models: list[str]) -> str:
                 f"{m:<18.18} {task:<14.14} {t['metric']:<8} {best['layer'] + ' ' + best['pooling']:<12.12} "
                 f"{fmt(best['valid'])} {fmt(best['test'])} {fmt(r[m].get('weighted_sum', {}).get('test'))} "
                 f"{fmt(twin['best']['test'] if twin else None)} "
-                f"{fmt(r['logmel']['best']['test'] if 'logmel' in r else None)} {fmt(t['chance'])}")
+                f"{fmt(r['logmel']['best']['test'] if 'logmel' in r else None)} {fmt(t['chance'])}  "
+                f"{_gain(r[m].get('gain_vs_random'))}")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from pretrain.evaluation.embed import (
 )
 from pretrain.evaluation.linear import fit_layer, logistic_fit, ridge_path, standardize
 from pretrain.evaluation.protocol import carve_valid, evaluate, select
-from pretrain.evaluation.scores import score
+from pretrain.evaluation.scores import paired_gain, score
 from pretrain.features import model_input, pad_waves
 from pretrain.patches import valid_patches
 
@@ -200,6 +200,13 @@ def test_probe_cli_reports_models_baselines_and_writes_json(tiny_shards, tmp_pat
     assert n_layers == 2 * 3  # (1, 2, out) x (mean, meanstd)
     assert task["clips"]["test"] > 0 and 0.0 <= task["chance"] <= 1.0
     assert "weighted_sum" in task["results"]["run"] and "weighted_sum" not in task["results"]["logmel"]
+    run = task["results"]["run"]
+    for key, other in (("gain_vs_random", "run:random"), ("gain_vs_logmel", "logmel")):
+        want = run["best"]["test"] - task["results"][other]["best"]["test"]
+        assert abs(run[key]["gain"] - want) < 1e-9
+        assert run[key]["ci95"][0] <= run[key]["gain"] <= run[key]["ci95"][1]
+    assert "gain_vs_random" not in task["results"]["run:random"] and "gain_vs_random" not in task["results"]["logmel"]
+    assert f"{100 * run['gain_vs_random']['gain']:+.1f} [" in row
 
 
 @pytest.mark.timeout(600)
@@ -238,3 +245,24 @@ def test_read_labeled_rejects_labels_outside_the_vocabulary(tiny_shards):
     clips = LabeledClips("x", ["only-this"])
     with pytest.raises(DataError, match="outside the vocabulary"):
         list(read_labeled(resolve_shards(str(tiny_shards / "train")), clips))
+
+
+def test_paired_gain_is_the_score_difference_with_a_paired_bootstrap_interval():
+    n, c = 200, 4
+    g = torch.Generator().manual_seed(0)
+    y = torch.nn.functional.one_hot(torch.randint(0, c, (n,), generator=g), c).double()
+    truth = y * 10.0
+    noise = torch.randn(n, c, generator=g, dtype=torch.float64)
+    same = paired_gain(noise, noise, y, "single_label")
+    assert same["gain"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["resamples"] == 1000
+    # a right on 60 more clips than b: the difference is 0.3, and pairing keeps the interval tight
+    b = noise.clone()
+    a = torch.where(torch.arange(n)[:, None] < 60, truth, noise)
+    wrong_b = b.argmax(1) != y.argmax(1)
+    fixed = int((wrong_b & (torch.arange(n) < 60)).sum())
+    out = paired_gain(a, b, y, "single_label")
+    assert abs(out["gain"] - fixed / n) < 1e-12
+    lo, hi = out["ci95"]
+    assert 0.0 < lo < out["gain"] < hi
+    assert paired_gain(a, b, y, "single_label") == out  # the same seeded draw
+    assert paired_gain(a, b, y, "multi_label")["resamples"] == 200

@@ -91,6 +91,12 @@ def _select(train: PooledLayers, train_y: torch.Tensor, valid: PooledLayers, val
     return sel
 
 
+def best_scores(sel: Selection, test: PooledLayers) -> torch.Tensor:
+    """The chosen (best-layer) probe's class scores on ``test``, for paired comparisons between models."""
+    pooling, layer = sel.best
+    return sel.probes[(pooling, layer)].scores(test.features(pooling)[layer])
+
+
 def evaluate(sel: Selection, test: PooledLayers, test_y: torch.Tensor) -> dict[str, Any]:
     """Test scores of the chosen probe, of every probe (the layer curve) and of the weighted sum."""
     per_probe = {}

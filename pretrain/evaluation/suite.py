@@ -15,8 +15,8 @@ from typing import Any
 from ..data import DataError, ShardSet, resolve_shards
 from ..encoder import Encoder
 from .embed import POOLINGS, LabeledClips, PooledLayers, WindowSpec, embed_clips, read_labeled
-from .protocol import carve_valid, evaluate, select
-from .scores import chance
+from .protocol import best_scores, carve_valid, evaluate, select
+from .scores import chance, paired_gain
 
 
 @dataclass
@@ -103,13 +103,18 @@ def probe_task(name: str, splits: dict[str, ShardSet], models: dict[str, Encoder
         data["train"] = (train_clips, {m: f.select(tr) for m, f in train_feats.items()})
         y["valid"], y["train"] = y["train"][va], y["train"][tr]
     t1 = time.perf_counter()
-    results = {}
+    results, test_scores = {}, {}
     for m, feats in data["train"][1].items():
         pool = ("meanstd",) if m == "logmel" else settings.poolings
         layers = layer_indices(settings.layers, feats.names) if m != "logmel" else [0]
         sel = select(feats, y["train"], data["valid"][1][m], y["valid"], kind, pool, layers, settings.classifier,
                      settings.weighted)
         results[m] = evaluate(sel, data["test"][1][m], y["test"])
+        test_scores[m] = best_scores(sel, data["test"][1][m])
+    for m in results:  # best layer vs best layer, paired over the same test clips
+        for key, other in (("gain_vs_random", f"{m}:random"), ("gain_vs_logmel", "logmel")):
+            if other in results and other != m and not m.endswith(":random") and m != "logmel":
+                results[m][key] = paired_gain(test_scores[m], test_scores[other], y["test"], kind)
     return {"kind": kind, "metric": "accuracy" if kind == "single_label" else "mAP",
             "classes": len(vocabulary), "chance": chance(y["train"], y["test"], kind),
             "clips": {s: len(v) for s, v in y.items()}, "valid": valid_source,
